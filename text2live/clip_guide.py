@@ -1,0 +1,372 @@
+"""Frozen CLIP guidance: text embeddings, image embeddings of augmented views, self-similarity, relevancy.
+
+The visual transformer is run by this module (not by ``clip``'s own forward) so that it can take inputs of
+any size (the positional embedding is interpolated, DINO style), stop before the last block for the
+self-similarity, and expose attention probabilities for the Chefer et al. relevancy map.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from text2live.errors import ConfigError, InputError, MissingWeightsError
+from text2live.views import ViewAugment, clip_views, resize, resize_shorter
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
+    import clip
+    import clip.clip
+    from clip.model import CLIP, build_model, convert_weights
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+TEMPLATES = (
+    "photo of {}.",
+    "high quality photo of {}.",
+    "a photo of {}.",
+    "the photo of {}.",
+    "image of {}.",
+    "an image of {}.",
+    "high quality image of {}.",
+    "a high quality image of {}.",
+    "the {}.",
+    "a {}.",
+    "{}.",
+    "{}",
+    "{}!",
+    "{}...",
+)
+SCREEN_TEMPLATES = ("{} over a green screen.", "{} in front of a green screen.")
+
+DEFAULT_DOWNLOAD_ROOT = "~/.cache/clip"
+
+
+def compose_prompts(prompts: str | Sequence[str], templates: Sequence[str]) -> list[str]:
+    """One string per (prompt, template), prompt-major, as the reference orders its text rows."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    return [template.format(prompt) for prompt in prompts for template in templates]
+
+
+def tiny_clip(
+    seed: int = 0,
+    embed_dim: int = 64,
+    image_resolution: int = 224,
+    vision_layers: int = 2,
+    vision_width: int = 64,
+    vision_patch_size: int = 32,
+    context_length: int = 77,
+    vocab_size: int = 49408,
+    transformer_width: int = 64,
+    transformer_heads: int = 2,
+    transformer_layers: int = 2,
+) -> CLIP:
+    """A small randomly initialised OpenAI-CLIP (seeded): for tests and offline smoke runs, no download."""
+    fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        return CLIP(
+            embed_dim,
+            image_resolution,
+            vision_layers,
+            vision_width,
+            vision_patch_size,
+            context_length,
+            vocab_size,
+            transformer_width,
+            transformer_heads,
+            transformer_layers,
+        ).float()
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a CLIP checkpoint that is either OpenAI's TorchScript archive or a plain state dict."""
+    try:
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+    except (RuntimeError, ValueError):
+        pass
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a file it cannot read
+        raise InputError(
+            f"cannot read the CLIP checkpoint {path} ({type(exc).__name__}): pass a TorchScript archive from "
+            "OpenAI or a saved state dict"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "visual.conv1.weight" not in state:
+        raise InputError(f"{path} is not an OpenAI CLIP state dict (no visual.conv1.weight)")
+    return state
+
+
+def weights_path(name: str, download_root: str | None = None) -> Path:
+    """Where the ``clip`` package caches the weights of a named OpenAI model."""
+    url = clip.clip._MODELS[name]
+    return Path(download_root or DEFAULT_DOWNLOAD_ROOT).expanduser() / os.path.basename(url)
+
+
+def load_clip_model(name: str, checkpoint: str | None = None, download_root: str | None = None) -> CLIP:
+    """OpenAI CLIP in float32: from ``checkpoint`` if given, else the cached or downloaded weights of ``name``."""
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise InputError(f"clip.checkpoint={checkpoint} does not exist: point it at a CLIP .pt file")
+    else:
+        if name not in clip.available_models():
+            raise ConfigError(
+                f"clip.name={name!r} is not an OpenAI CLIP model; choose one of {', '.join(clip.available_models())} "
+                "or pass clip.checkpoint=<file>"
+            )
+        path = weights_path(name, download_root)
+        try:
+            path = Path(clip.clip._download(clip.clip._MODELS[name], str(path.parent)))
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MissingWeightsError(
+                f"CLIP {name} needs {path.name}, which is not in {path.parent} and could not be downloaded "
+                f"({reason}): copy {path.name} there or pass clip.checkpoint=/path/to/{path.name}"
+            ) from None
+    state = _read_state_dict(path)
+    try:
+        model = build_model(dict(state))
+    except (KeyError, RuntimeError) as exc:
+        raise InputError(f"{path} does not hold a complete CLIP model ({exc})") from None
+    return model.float()
+
+
+class ClipGuide(nn.Module):
+    """Frozen CLIP with the operations the losses need.
+
+    Args:
+        model: an OpenAI-CLIP ViT (``clip.model.CLIP``), float32.
+        relevancy_model: a second CLIP for the relevancy map (the reference's hard-coded ViT-B/32); ``None``
+            computes relevancy with ``model`` itself.
+        precision: ``fp32``, ``fp16`` or ``auto`` (fp16 on CUDA, fp32 elsewhere, as the reference).
+        legacy_resize: resize tensors as torchvision 0.11 did (no antialiasing), as the reference.
+        swap_pos_embed_hw: interpolate the positional embedding with height and width swapped, as the
+            reference does for non-square inputs (its bug 2).
+        relevancy_num_layers: relevancy uses the attention of blocks with index greater than this.
+    """
+
+    def __init__(
+        self,
+        model: CLIP,
+        relevancy_model: CLIP | None = None,
+        precision: str = "auto",
+        legacy_resize: bool = True,
+        swap_pos_embed_hw: bool = True,
+        relevancy_num_layers: int = 10,
+    ) -> None:
+        super().__init__()
+        if precision not in ("auto", "fp32", "fp16"):
+            raise ConfigError(f"clip.precision={precision!r} is not one of auto, fp32, fp16")
+        for m in (model, relevancy_model):
+            if m is not None and not hasattr(m.visual, "transformer"):
+                raise ConfigError("text2live needs a ViT CLIP (ViT-B/32, ViT-B/16, ViT-L/14...), not a ResNet one")
+        self.model = model.eval().requires_grad_(False)
+        self.relevancy_model = relevancy_model.eval().requires_grad_(False) if relevancy_model is not None else None
+        blocks = len(self._relevancy_clip.visual.transformer.resblocks)
+        if relevancy_num_layers >= blocks - 1:
+            raise ConfigError(
+                f"clip.relevancy_num_layers={relevancy_num_layers} leaves no attention block of a {blocks}-block "
+                f"CLIP for the relevancy map: use at most {blocks - 2}"
+            )
+        self.precision = precision
+        self.legacy_resize = legacy_resize
+        self.swap_pos_embed_hw = swap_pos_embed_hw
+        self.relevancy_num_layers = relevancy_num_layers
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def _relevancy_clip(self) -> CLIP:
+        return self.relevancy_model if self.relevancy_model is not None else self.model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.visual.conv1.weight.dtype
+
+    def train(self, mode: bool = True) -> ClipGuide:
+        """CLIP stays in eval mode whatever the owner asks."""
+        return super().train(False)
+
+    def place(self, device: torch.device | str) -> ClipGuide:
+        """Move to ``device`` and settle the precision (``auto``: fp16 on CUDA as the reference)."""
+        device = torch.device(device)
+        self.to(device)
+        half = self.precision == "fp16" or (self.precision == "auto" and device.type == "cuda")
+        for m in (self.model, self.relevancy_model):
+            if m is None:
+                continue
+            m.float()
+            if half:
+                convert_weights(m)
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    # text ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], model: CLIP | None = None) -> torch.Tensor:
+        model = model or self.model
+        tokens = clip.tokenize(list(texts), truncate=True).to(self.mean.device)
+        return model.encode_text(tokens).float()
+
+    def text_embeddings(self, prompts: str | Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """One embedding row per (prompt, template); neither averaged nor normalised (as the reference)."""
+        return self.encode_text(compose_prompts(prompts, templates))
+
+    # image -----------------------------------------------------------------------------------------------
+
+    def _positional_embedding(self, visual: nn.Module, h: int, w: int, grid_h: int, grid_w: int) -> torch.Tensor:
+        pos = visual.positional_embedding
+        n = pos.shape[0] - 1
+        if grid_h * grid_w == n and h == w:
+            return pos
+        side = math.sqrt(n)
+        patch = visual.conv1.kernel_size[0]
+        rows, cols = h // patch + 0.1, w // patch + 0.1  # +0.1 avoids float error in the size (DINO)
+        if self.swap_pos_embed_hw:
+            rows, cols = cols, rows
+        grid = pos[1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=(rows / side, cols / side), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(-1, pos.shape[-1])
+        return torch.cat([pos[:1], grid])
+
+    def _tokens(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Patch + class tokens with positional embedding and ``ln_pre``, shape [L, N, D]."""
+        h, w = x.shape[-2:]
+        x = visual.conv1(x.type(visual.conv1.weight.dtype))
+        grid_h, grid_w = x.shape[-2:]
+        x = x.flatten(2).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
+        x = torch.cat([cls, x], dim=1)
+        x = x + self._positional_embedding(visual, h, w, grid_h, grid_w).to(x.dtype)
+        return visual.ln_pre(x).permute(1, 0, 2)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, D] (float32) of normalised images of any size."""
+        visual = self.model.visual
+        tokens = visual.transformer(self._tokens(visual, x))
+        return (visual.ln_post(tokens[0]) @ visual.proj).float()
+
+    def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
+        """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
+        views = clip_views(x, n_views, g, augment, legacy=self.legacy_resize)
+        return self.encode_image(self.normalize(views))
+
+    def self_similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine self-similarity [N, L, L] of all tokens (class token included) before the last block."""
+        x = self.normalize(resize_shorter(x, 224, 380, self.legacy_resize))
+        visual = self.model.visual
+        tokens = visual.transformer.resblocks[:-1](self._tokens(visual, x)).permute(1, 0, 2)
+        norms = tokens.norm(dim=2, keepdim=True)
+        factor = torch.clamp(norms @ norms.transpose(1, 2), min=1e-8)
+        return (tokens @ tokens.transpose(1, 2)) / factor
+
+    # relevancy -------------------------------------------------------------------------------------------
+
+    @property
+    def relevancy_resolution(self) -> int:
+        return self._relevancy_clip.visual.input_resolution
+
+    @torch.no_grad()
+    def relevancy_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Embeddings of the raw relevancy prompts (no templates) for the model that computes relevancy."""
+        return self.encode_text([prompts] if isinstance(prompts, str) else list(prompts), self._relevancy_clip)
+
+    def relevancy(self, image: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Chefer et al. relevancy map [1, S, S] in [0, 1] of one image [1, 3, S, S] for each text row, averaged.
+
+        ``image`` must already be at the relevancy model's resolution (see :attr:`relevancy_resolution`).
+        """
+        model = self._relevancy_clip
+        visual = model.visual
+        x = self.normalize(image).detach()
+        maps = []
+        for text in text_features:
+            with torch.enable_grad():
+                # CLIP is frozen: letting the input require grad puts the attention maps on the graph.
+                x_in = x.clone().requires_grad_(True)
+                tokens = self._tokens(visual, x_in)
+                probs = []
+                for i, block in enumerate(visual.transformer.resblocks):
+                    if i > self.relevancy_num_layers:
+                        attn_out, p = _attention_with_probs(block.attn, block.ln_1(tokens))
+                        tokens = tokens + attn_out
+                        tokens = tokens + block.mlp(block.ln_2(tokens))
+                        probs.append(p)
+                    else:
+                        tokens = block(tokens)
+                image_features = visual.ln_post(tokens[0]) @ visual.proj
+                image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+                text_n = (text / text.norm()).to(image_features.dtype)
+                logit = model.logit_scale.exp() * (image_features @ text_n).sum()
+                grads = torch.autograd.grad(logit, probs)
+            maps.append(self._relevancy_map(probs, grads, x.shape[0], image.shape[-2:], visual))
+        return torch.stack(maps).mean(0)
+
+    def _relevancy_map(self, probs, grads, batch, size, visual) -> torch.Tensor:
+        n_tokens = probs[0].shape[-1]
+        rel = torch.eye(n_tokens, dtype=probs[0].dtype, device=probs[0].device).expand(batch, n_tokens, n_tokens)
+        for p, g in zip(probs, grads, strict=True):
+            cam = (g.detach() * p.detach()).reshape(batch, -1, n_tokens, n_tokens)
+            cam = cam.clamp(min=0).mean(dim=1)
+            rel = rel + torch.bmm(cam, rel)
+        patch = visual.conv1.kernel_size[0]
+        grid = rel[:, 0, 1:].reshape(batch, 1, size[0] // patch, size[1] // patch).float()
+        grid = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        low = grid.amin(dim=(-2, -1), keepdim=True)
+        high = grid.amax(dim=(-2, -1), keepdim=True)
+        return (grid - low) / (high - low).clamp_min(1e-12)
+
+
+def _attention_with_probs(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention of ``attn`` on [L, N, D] tokens, also returning the probabilities [N * heads, L, L]."""
+    length, batch, dim = x.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    q, k, v = (t.reshape(length, batch * heads, head_dim).transpose(0, 1) for t in (q, k, v))
+    probs = torch.softmax((q * head_dim**-0.5) @ k.transpose(1, 2), dim=-1)
+    out = (probs @ v).transpose(0, 1).reshape(length, batch, dim)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias), probs
+
+
+def build_guide(
+    name: str = "ViT-B/32",
+    checkpoint: str | None = None,
+    download_root: str | None = None,
+    precision: str = "auto",
+    legacy_resize: bool = True,
+    swap_pos_embed_hw: bool = True,
+    relevancy_name: str | None = "ViT-B/32",
+    relevancy_num_layers: int = 10,
+    tiny: dict | None = None,
+) -> ClipGuide:
+    """Build the guidance from the ``clip`` config group.
+
+    ``name: tiny`` builds :func:`tiny_clip` from ``tiny``'s settings. ``relevancy_name`` names the model the
+    relevancy map is computed with: the reference always uses ViT-B/32 (its bug 7); a second model is only
+    loaded when it differs from ``name``; ``null`` uses the guidance model.
+    """
+    if name == "tiny":
+        model = tiny_clip(**(tiny or {}))
+    else:
+        model = load_clip_model(name, checkpoint, download_root)
+    relevancy_model = None
+    if relevancy_name is not None and relevancy_name != name:
+        relevancy_model = load_clip_model(relevancy_name, None, download_root)
+    return ClipGuide(model, relevancy_model, precision, legacy_resize, swap_pos_embed_hw, relevancy_num_layers)

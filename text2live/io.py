@@ -1,0 +1,100 @@
+"""Reading input images robustly and writing the edit layers as PNG files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from text2live.errors import InputError
+
+OUTPUT_NAMES = ("edit", "alpha", "edit_on_greenscreen", "composite")
+
+
+def _to_float_array(img: Image.Image) -> np.ndarray:
+    """H x W x 3 float32 in [0, 1] from any PIL mode (16-bit, palette, alpha, CMYK ...)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / scale, 0, 1)
+        return np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        gray = np.clip(arr if arr.max() <= 1.0 else arr / 255.0, 0, 1)
+        return np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent pixels carry undefined colour: composite over white.
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike, resize_shorter: int = -1) -> torch.Tensor:
+    """Read an image as a [3, H, W] float tensor in [0, 1].
+
+    EXIF orientation is applied; grayscale, palette, alpha (composited over white) and 16-bit images are
+    converted. ``resize_shorter > 0`` resizes (PIL bilinear, as the reference) so the shorter side has that
+    many pixels.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"image_path={path} does not exist: pass the path of an image file")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"cannot read {path} as an image ({exc}): pass a PNG or JPEG file") from None
+    if resize_shorter and resize_shorter > 0 and min(img.size) != resize_shorter:
+        img = _resize_pil(img, resize_shorter)
+    return torch.from_numpy(_to_float_array(img)).permute(2, 0, 1).contiguous()
+
+
+def _resize_pil(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        img = img.convert("I")  # PIL cannot resample 16-bit integer images directly
+    return img.resize(new, Image.BILINEAR)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[C, H, W] (C = 1, 3 or 4) in [0, 1] -> H x W (x C) uint8."""
+    arr = image.detach().float().clamp(0, 1).mul(255).round().byte().cpu().numpy()
+    arr = arr.transpose(1, 2, 0)
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
+    """Write a [C, H, W] image in [0, 1] as PNG, via a temporary file so a partial file never appears."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_layers(layers: dict[str, torch.Tensor], folder: str | os.PathLike) -> list[Path]:
+    """Write edit, alpha, edit_on_greenscreen, composite and the RGBA edit layer (``layer_rgba.png``).
+
+    ``layers`` holds [1, C, H, W] tensors as returned by :func:`text2live.generator.render_layers`.
+    """
+    folder = Path(folder)
+    written = []
+    for name in OUTPUT_NAMES:
+        if name in layers:
+            save_png(layers[name][0], folder / f"{name}.png")
+            written.append(folder / f"{name}.png")
+    rgba = torch.cat([layers["edit"][0], layers["alpha"][0]])
+    save_png(rgba, folder / "layer_rgba.png")
+    written.append(folder / "layer_rgba.png")
+    return written

@@ -1,0 +1,229 @@
+"""The Text2LIVE loss stack (SPEC section 3): each term a small function, the stack weights and sums them.
+
+Terms are averaged over the list of outputs of the step (the augmented crop, plus the full image every
+``source_image_every`` steps). A term whose weight is 0 is not computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from text2live.clip_guide import SCREEN_TEMPLATES, TEMPLATES, ClipGuide
+from text2live.errors import ConfigError
+from text2live.views import ViewAugment, resize
+
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def spherical_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``2 * arcsin(||x^ - y^|| / 2) ** 2`` (x^, y^ unit vectors); y broadcasts."""
+    x = F.normalize(x, dim=-1)
+    y = F.normalize(y, dim=-1)
+    return (x - y).norm(dim=-1).div(2).arcsin().pow(2).mul(2).mean()
+
+
+def cosine_distance(x: torch.Tensor, y: torch.Tensor, scale: float = 1.2) -> torch.Tensor:
+    """``scale * (1 - mean cosine similarity)``; the reference scales by 1.2."""
+    return scale * (1 - F.cosine_similarity(x, y, dim=-1).mean())
+
+
+TEXT_CRITERIA: dict[str, Criterion] = {"spherical": spherical_distance, "cosine": cosine_distance}
+
+
+def sparsity_terms(alphas: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 (mean alpha) and pseudo-L0 (mean of ``2 * sigmoid(5 * alpha) - 1``), each averaged over outputs."""
+    l1 = sum(a.mean() for a in alphas) / len(alphas)
+    l0 = sum(((torch.sigmoid(a * 5.0) - 0.5) * 2.0).mean() for a in alphas) / len(alphas)
+    return l1, l0
+
+
+def pick_rows(g: torch.Generator, n_rows: int) -> torch.Tensor:
+    """``k ~ U{1..n_rows}`` row indices drawn with replacement."""
+    k = int(torch.randint(1, n_rows + 1, (1,), generator=g).item())
+    return torch.randint(n_rows, (k,), generator=g)
+
+
+def bootstrap_weight(step: int, weight: float, steps: int, schedule: str = "linear", minimum: float = 0.0) -> float:
+    """Weight of the bootstrap term at 0-based ``step`` (0 from ``steps`` on)."""
+    if step >= steps or weight <= 0:
+        return 0.0
+    if schedule == "linear":
+        value = weight * (1 - (step + 1) / steps)
+    elif schedule == "exponential":
+        value = weight * 0.99 ** (step + 1)
+    elif schedule == "none":
+        value = weight
+    else:
+        raise ConfigError(f"loss.bootstrap_schedule={schedule!r} is not one of linear, exponential, none")
+    return max(value, minimum)
+
+
+class LossStack(nn.Module):
+    """All loss terms of one step; returns the named terms and their weighted total.
+
+    Args:
+        guide: the frozen CLIP guidance.
+        src_text, comp_text, screen_text: prompts (a string or a list) for the source, the composite and the
+            edit layer over a green screen.
+        bootstrap_text: the prompt of the relevancy map (no templates); required while bootstrapping.
+        lambda_*: weights of the terms (0 disables a term).
+        lambda_alpha_l1, lambda_alpha_l0: mix of the two sparsity penalties inside the sparsity term.
+        bootstrap_steps: the bootstrap term is active for steps < this (the reference's bootstrap_epoch).
+        bootstrap_schedule: linear | exponential | none, floored at ``lambda_bootstrap_min``.
+        bootstrap_sum_outputs: sum the bootstrap loss over the step's outputs before dividing by their number;
+            ``false`` keeps only the last output's loss (the reference's bug 3).
+        text_criterion: spherical | cosine.
+        n_aug: CLIP views per output.
+        view_fill: fill value of the affine and perspective view augmentations.
+    """
+
+    def __init__(
+        self,
+        guide: ClipGuide,
+        src_text: str | Sequence[str],
+        comp_text: str | Sequence[str],
+        screen_text: str | Sequence[str],
+        bootstrap_text: str | Sequence[str] | None = None,
+        lambda_structure: float = 2.0,
+        lambda_composition: float = 1.0,
+        lambda_sparsity: float = 6.0,
+        lambda_alpha_l1: float = 0.01,
+        lambda_alpha_l0: float = 0.01,
+        lambda_screen: float = 1.0,
+        lambda_bootstrap: float = 10.0,
+        bootstrap_steps: int = 1000,
+        bootstrap_schedule: str = "linear",
+        lambda_bootstrap_min: float = 0.0,
+        bootstrap_sum_outputs: bool = False,
+        text_criterion: str = "spherical",
+        n_aug: int = 16,
+        view_fill: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if text_criterion not in TEXT_CRITERIA:
+            raise ConfigError(f"loss.text_criterion={text_criterion!r} is not one of {', '.join(TEXT_CRITERIA)}")
+        if n_aug < 1:
+            raise ConfigError(f"loss.n_aug must be at least 1, got {n_aug}")
+        self.guide = guide
+        self.lambda_structure = lambda_structure
+        self.lambda_composition = lambda_composition
+        self.lambda_sparsity = lambda_sparsity
+        self.lambda_alpha_l1 = lambda_alpha_l1
+        self.lambda_alpha_l0 = lambda_alpha_l0
+        self.lambda_screen = lambda_screen
+        self.lambda_bootstrap = lambda_bootstrap
+        self.bootstrap_steps = bootstrap_steps
+        self.bootstrap_schedule = bootstrap_schedule
+        self.lambda_bootstrap_min = lambda_bootstrap_min
+        self.bootstrap_sum_outputs = bootstrap_sum_outputs
+        self.criterion = TEXT_CRITERIA[text_criterion]
+        self.n_aug = n_aug
+        self.augment = ViewAugment(fill=view_fill)
+        bootstrap_weight(0, lambda_bootstrap, bootstrap_steps, bootstrap_schedule)  # validates the schedule
+        if self.bootstraps and not bootstrap_text:
+            raise ConfigError(
+                "bootstrapping is on (loss.bootstrap_steps > 0) but bootstrap_text is empty: set bootstrap_text="
+                "<the object to edit> or loss.bootstrap_steps=0"
+            )
+        # Text embeddings never change: computed once, kept out of checkpoints.
+        self.register_buffer("src_e", guide.text_embeddings(src_text, TEMPLATES), persistent=False)
+        self.register_buffer("comp_e", guide.text_embeddings(comp_text, TEMPLATES), persistent=False)
+        self.register_buffer("screen_e", guide.text_embeddings(screen_text, SCREEN_TEMPLATES), persistent=False)
+        if self.bootstraps:
+            self.register_buffer("bootstrap_e", guide.relevancy_text(bootstrap_text), persistent=False)
+
+    @property
+    def bootstraps(self) -> bool:
+        return self.bootstrap_steps > 0 and self.lambda_bootstrap > 0
+
+    def weights(self, step: int) -> dict[str, float]:
+        """The weight of every term at ``step``; terms with weight 0 are left out."""
+        weights = {
+            "bootstrap": bootstrap_weight(
+                step, self.lambda_bootstrap, self.bootstrap_steps, self.bootstrap_schedule, self.lambda_bootstrap_min
+            ),
+            "structure": self.lambda_structure,
+            "composition": self.lambda_composition,
+            "direction": self.lambda_composition,
+            "sparsity": self.lambda_sparsity,
+            "screen": self.lambda_screen,
+        }
+        return {name: w for name, w in weights.items() if w > 0}
+
+    def forward(
+        self, inputs: Sequence[torch.Tensor], outputs: Sequence[dict[str, torch.Tensor]], step: int, g: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Terms for the step's ``inputs`` ([1, 3, H, W] each) and their rendered ``outputs``.
+
+        Returns every computed term by name, the two sparsity components (``sparsity_l1``, ``sparsity_l0``,
+        for logging) and ``total``, the weighted sum. Random draws (text rows, CLIP views) come from ``g``
+        in a fixed order.
+        """
+        weights = self.weights(step)
+        composites = [o["composite"] for o in outputs]
+        terms: dict[str, torch.Tensor] = {}
+        if "bootstrap" in weights:
+            terms["bootstrap"] = self.bootstrap_loss([o["alpha"] for o in outputs], inputs)
+        if "structure" in weights:
+            terms["structure"] = self.structure_loss(inputs, composites)
+        if "composition" in weights:
+            terms["composition"] = self.clip_loss(composites, self.comp_e, g)
+            terms["direction"] = self.direction_loss(inputs, composites, g)
+        if "sparsity" in weights:
+            l1, l0 = sparsity_terms([o["alpha"] for o in outputs])
+            terms["sparsity"] = self.lambda_alpha_l1 * l1 + self.lambda_alpha_l0 * l0
+            terms["sparsity_l1"], terms["sparsity_l0"] = l1, l0
+        if "screen" in weights:
+            terms["screen"] = self.clip_loss([o["edit_on_greenscreen"] for o in outputs], self.screen_e, g)
+        total = sum((weights[name] * terms[name] for name in weights), torch.zeros((), device=self.src_e.device))
+        return {**terms, "total": total}
+
+    def clip_loss(self, images: Sequence[torch.Tensor], targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Criterion between the views of each image and a random subset of the target text rows."""
+        rows = targets[pick_rows(g, len(targets)).to(targets.device)]
+        loss = 0.0
+        for image in images:
+            embeddings = self.guide.embed_views(image, self.n_aug, g, self.augment)
+            for row in rows:
+                loss = loss + self.criterion(embeddings, row[None])
+        return loss / (len(images) * len(rows))
+
+    def direction_loss(
+        self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor], g: torch.Generator
+    ) -> torch.Tensor:
+        """``1 - cos(E(composite views) - E(input views), comp row - src row)`` over random paired rows."""
+        n = min(len(self.src_e), len(self.comp_e))
+        idx = pick_rows(g, n).to(self.src_e.device)
+        directions = self.comp_e[idx] - self.src_e[idx]
+        loss = 0.0
+        for image, composite in zip(inputs, composites, strict=True):
+            in_e = self.guide.embed_views(image, self.n_aug, g, self.augment)
+            out_e = self.guide.embed_views(composite, self.n_aug, g, self.augment)
+            for direction in directions:
+                loss = loss + 1 - F.cosine_similarity(out_e - in_e, direction[None], dim=-1).mean()
+        return loss / (len(inputs) * len(directions))
+
+    def structure_loss(self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor]) -> torch.Tensor:
+        """MSE between the CLIP self-similarities of each composite and its input (target without grad)."""
+        loss = 0.0
+        for image, composite in zip(inputs, composites, strict=True):
+            with torch.no_grad():
+                target = self.guide.self_similarity(image)
+            loss = loss + F.mse_loss(self.guide.self_similarity(composite), target)
+        return loss / len(inputs)
+
+    def bootstrap_loss(self, alphas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """MSE between alpha and the relevancy map of the input, both resized to CLIP's resolution."""
+        size = self.guide.relevancy_resolution
+        loss = 0.0
+        for alpha, image in zip(alphas, inputs, strict=True):
+            alpha = resize(alpha, (size, size), self.guide.legacy_resize)
+            image = resize(image, (size, size), self.guide.legacy_resize)
+            relevancy = self.guide.relevancy(image, self.bootstrap_e)
+            term = F.mse_loss(alpha[:, 0], relevancy)
+            loss = loss + term if self.bootstrap_sum_outputs else term
+        return loss / len(alphas)

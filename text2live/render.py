@@ -1,0 +1,79 @@
+"""``t2l-render run_dir=<run>``: apply a finished run's generator to its image (or another) without training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from text2live import runs
+from text2live.config import CONF_DIR
+from text2live.errors import InputError, Text2LiveError
+from text2live.generator import SkipGenerator, render_layers
+from text2live.io import load_image, save_layers
+
+
+def load_generator(run_dir: Path, device: torch.device | str = "cpu") -> tuple[SkipGenerator, DictConfig]:
+    """The trained generator of a run (``final.ckpt``, else ``last.ckpt``) and the run's config."""
+    config_path = run_dir / runs.CONFIG_FILE
+    if not config_path.is_file():
+        raise InputError(f"{run_dir} is not a text2live run folder (no {runs.CONFIG_FILE}): pass run_dir=<run folder>")
+    cfg = OmegaConf.load(config_path)
+    ckpt_dir = run_dir / runs.CHECKPOINT_DIR
+    for name in (runs.FINAL_CHECKPOINT, runs.LAST_CHECKPOINT):
+        if (ckpt_dir / name).is_file():
+            checkpoint = torch.load(ckpt_dir / name, map_location="cpu", weights_only=False)
+            break
+    else:
+        raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+    generator = instantiate(cfg.generator)
+    state = {k.removeprefix("generator."): v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+    generator.load_state_dict(state)
+    return generator.to(device), cfg
+
+
+@torch.no_grad()
+def render_image(generator: SkipGenerator, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Layers of [1, 3, H, W] ``image`` (BatchNorm on batch statistics, as during training)."""
+    generator.eval()
+    device = next(generator.parameters()).device
+    image = image.to(device)
+    return render_layers(generator(image), image)
+
+
+def render(run_dir: str | Path, image_path: str | None = None, out_dir: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generator, cfg = load_generator(run_dir, device)
+    path = image_path or cfg.image_path
+    image = load_image(path, cfg.data.resize_input)[None]
+    if min(image.shape[-2:]) < generator.min_side:
+        raise InputError(
+            f"{path} is {image.shape[-1]}x{image.shape[-2]} pixels; the generator needs both sides >= "
+            f"{generator.min_side}: use a larger image"
+        )
+    out = Path(out_dir) if out_dir else run_dir / "render" / Path(path).stem
+    save_layers(render_image(generator, image), out)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="render")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        out = render(cfg.run_dir, cfg.image_path, cfg.out_dir)
+    except Text2LiveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

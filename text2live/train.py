@@ -1,0 +1,119 @@
+"""``t2l-train``: edit an image with Text2LIVE. Every config value can be overridden on the command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from text2live import runs
+from text2live.callbacks import EditSnapshots
+from text2live.config import CONF_DIR
+from text2live.errors import ConfigError, Text2LiveError
+from text2live.io import save_layers
+from text2live.system import ImageEditSystem
+
+log = logging.getLogger("text2live")
+
+PROMPT_KEYS = ("comp_text", "src_text", "screen_text")
+
+
+def _check_prompts(cfg: dict) -> None:
+    for key in PROMPT_KEYS:
+        value = cfg.get(key)
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ConfigError(f"{key} is empty: pass {key}=\"<text>\" (a string or a list of strings)")
+
+
+def resolve_config(cfg: DictConfig) -> dict:
+    """The fully resolved config as plain containers; a missing mandatory value becomes a ConfigError."""
+    try:
+        return runs.resolved(cfg)
+    except MissingMandatoryValue as exc:
+        key = exc.full_key or "a value"
+        raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
+
+
+def build_system(cfg: DictConfig) -> tuple[ImageEditSystem, pl.LightningDataModule]:
+    """Instantiate the DataModule (the image is loaded and checked here) and the LightningModule."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    generator = instantiate(cfg.generator)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    guide = instantiate(cfg.clip)
+    losses = instantiate(cfg.loss, guide=guide)
+    system = ImageEditSystem(
+        generator, losses, instantiate(cfg.optim.optimizer), lr_decay=cfg.optim.lr_decay, min_lr=cfg.optim.min_lr
+    )
+    return system, datamodule
+
+
+def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
+    """Run (or resume, or skip if finished) the edit described by ``cfg``; returns the run folder.
+
+    The folder ends with ``DONE`` only after every output is written; until then re-running the same
+    config resumes from ``checkpoints/last.ckpt``.
+    """
+    plain = resolve_config(cfg)
+    _check_prompts(plain)
+    run_dir = Path(plain["run_dir"])
+    resuming = runs.check_same_run(run_dir, plain)
+    if (run_dir / runs.DONE_FILE).exists():
+        log.info("%s is finished (DONE): nothing to do", run_dir)
+        return run_dir
+
+    system, datamodule = build_system(cfg)
+    runs.write_run_info(run_dir, plain)
+
+    ckpt_dir = run_dir / runs.CHECKPOINT_DIR
+    last = ckpt_dir / runs.LAST_CHECKPOINT
+    checkpointing = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=Path(runs.LAST_CHECKPOINT).stem,
+        every_n_train_steps=cfg.checkpoint_every,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    snapshots = EditSnapshots(run_dir / "steps", cfg.log_images_freq)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpointing, snapshots, *callbacks])
+    ckpt_path = str(last) if resuming and last.is_file() else None
+    if ckpt_path:
+        log.info("resuming %s from %s", run_dir, ckpt_path)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted or trainer.global_step < cfg.steps:
+        log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
+        return run_dir
+
+    layers = system.render(datamodule.image)
+    save_layers(layers, run_dir)
+    trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT)
+    (run_dir / runs.DONE_FILE).write_text(f"{trainer.global_step} steps\n")
+    log.info("finished %s", run_dir)
+    return run_dir
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except Text2LiveError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
