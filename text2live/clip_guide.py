@@ -358,11 +358,12 @@ def build_guide(
 ) -> ClipGuide:
     """Build the guidance from the ``clip`` config group.
 
-    ``name: tiny`` builds :func:`tiny_clip` from ``tiny``'s settings. ``relevancy_name`` names the model the
+    ``name: tiny`` (or ``random``) builds a randomly initialised CLIP locally with :func:`tiny_clip` and the
+    architecture given in ``tiny``. ``relevancy_name`` names the model the
     relevancy map is computed with: the reference always uses ViT-B/32 (its bug 7); a second model is only
     loaded when it differs from ``name``; ``null`` uses the guidance model.
     """
-    if name == "tiny":
+    if name in ("tiny", "random"):
         model = tiny_clip(**(tiny or {}))
     else:
         model = load_clip_model(name, checkpoint, download_root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from text2live.system import ImageEditSystem
 log = logging.getLogger("text2live")
 
 PROMPT_KEYS = ("comp_text", "src_text", "screen_text")
+
+# Lightning warnings that describe intended behaviour here: CLIP is frozen in eval mode on purpose, and the
+# step-indexed IterableDataset defines __len__ only to give the progress bar its total.
+for _message in (r"Found \d+ module\(s\) in eval mode", r"Your `IterableDataset` has `__len__` defined"):
+    warnings.filterwarnings("ignore", message=_message)
 
 
 def _check_prompts(cfg: dict) -> None:
@@ -94,6 +100,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
         log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
         return run_dir
 
+    system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
     layers = system.render(datamodule.image)
     save_layers(layers, run_dir)
     trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT)
