@@ -10,9 +10,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from text2live import runs
@@ -47,6 +48,29 @@ def resolve_config(cfg: DictConfig) -> dict:
     except MissingMandatoryValue as exc:
         key = exc.full_key or "a value"
         raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "the config"
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{key} has a value that cannot be used ({reason}): check the value given for {key}") from None
+
+
+def _check_run_settings(cfg: dict) -> None:
+    for key, minimum in (("seed", 0), ("steps", 1), ("checkpoint_every", 1)):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ConfigError(f"{key}={value!r} is not valid: use an integer >= {minimum}")
+
+
+def instantiate(node: DictConfig, **kwargs):
+    """``hydra.utils.instantiate`` whose failures read as one sentence about the config group at fault."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, Text2LiveError):
+            raise exc.__cause__ from None
+        key = node._get_full_key(None) or "config"
+        reason = str(exc.__cause__ or exc).strip().splitlines()[0]
+        raise ConfigError(f"{key} cannot be built from its config ({reason}): check the values given for {key}.*") from None
 
 
 def build_system(cfg: DictConfig) -> tuple[ImageEditSystem, pl.LightningDataModule]:
@@ -57,9 +81,12 @@ def build_system(cfg: DictConfig) -> tuple[ImageEditSystem, pl.LightningDataModu
     datamodule.setup("fit")
     guide = instantiate(cfg.clip)
     losses = instantiate(cfg.loss, guide=guide)
-    system = ImageEditSystem(
-        generator, losses, instantiate(cfg.optim.optimizer), lr_decay=cfg.optim.lr_decay, min_lr=cfg.optim.min_lr
-    )
+    optimizer = instantiate(cfg.optim.optimizer)
+    try:
+        optimizer(generator.parameters())  # fail now, not after CLIP is loaded and training has started
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"optim.optimizer cannot be built ({exc}): check optim.optimizer.*") from None
+    system = ImageEditSystem(generator, losses, optimizer, lr_decay=cfg.optim.lr_decay, min_lr=cfg.optim.min_lr)
     return system, datamodule
 
 
@@ -71,6 +98,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
     """
     plain = resolve_config(cfg)
     _check_prompts(plain)
+    _check_run_settings(plain)
     run_dir = Path(plain["run_dir"])
     resuming = runs.check_same_run(run_dir, plain)
     if (run_dir / runs.DONE_FILE).exists():
