@@ -212,8 +212,8 @@ class LossStack(nn.Module):
         loss = 0.0
         for image, composite in zip(inputs, composites, strict=True):
             with torch.no_grad():
-                target = self.guide.self_similarity(image)
-            loss = loss + F.mse_loss(self.guide.self_similarity(composite), target)
+                target = self.guide.self_similarity(image).float()
+            loss = loss + F.mse_loss(self.guide.self_similarity(composite).float(), target)
         return loss / len(inputs)
 
     def bootstrap_loss(self, alphas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
