@@ -171,7 +171,9 @@ def test_forward_total_is_the_weighted_sum_of_terms(guide: ClipGuide) -> None:
     assert set(terms) == {*weights, "sparsity_l1", "sparsity_l0", "total"}
     expected = sum(weights[name] * terms[name].item() for name in weights)
     assert terms["total"].item() == pytest.approx(expected, rel=1e-5)
-    assert terms["sparsity"].item() == pytest.approx(0.01 * terms["sparsity_l1"].item() + 0.01 * terms["sparsity_l0"].item())
+    assert terms["sparsity"].item() == pytest.approx(
+        0.01 * terms["sparsity_l1"].item() + 0.01 * terms["sparsity_l0"].item()
+    )
     assert terms["sparsity_l1"].item() == pytest.approx(outputs[0]["alpha"].mean().item())
 
 

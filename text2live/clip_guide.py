@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
     import clip
     import clip.clip
-    from clip.model import CLIP, build_model, convert_weights
+    from clip.model import CLIP, convert_weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,10 +68,14 @@ def tiny_clip(
     context_length: int = 77,
     vocab_size: int = 49408,
     transformer_width: int = 64,
-    transformer_heads: int = 2,
+    transformer_heads: int = 1,
     transformer_layers: int = 2,
 ) -> CLIP:
-    """A small randomly initialised OpenAI-CLIP (seeded): for tests and offline smoke runs, no download."""
+    """A small randomly initialised OpenAI-CLIP (seeded): for tests and offline smoke runs, no download.
+
+    Keep ``transformer_heads = transformer_width // 64`` (OpenAI's rule) if the model is to be saved and loaded
+    back with :func:`load_clip_model`, which infers the head count that way.
+    """
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(seed)
@@ -109,6 +113,34 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def build_clip(state: dict[str, torch.Tensor]) -> CLIP:
+    """A float32 ViT CLIP from its state dict (dimensions inferred as OpenAI's ``build_model`` does).
+
+    Unlike ``clip.model.build_model``, the weights are loaded without a round trip through fp16, so a float32
+    checkpoint keeps its values.
+    """
+    if "visual.proj" not in state:
+        raise ConfigError("text2live needs a ViT CLIP (ViT-B/32, ViT-B/16, ViT-L/14...), not a ResNet one")
+    state = {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    patch = state["visual.conv1.weight"].shape[-1]
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    transformer_width = state["ln_final.weight"].shape[0]
+    model = CLIP(
+        embed_dim=state["text_projection"].shape[1],
+        image_resolution=patch * grid,
+        vision_layers=sum(k.startswith("visual.") and k.endswith(".attn.in_proj_weight") for k in state),
+        vision_width=state["visual.conv1.weight"].shape[0],
+        vision_patch_size=patch,
+        context_length=state["positional_embedding"].shape[0],
+        vocab_size=state["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
+    )
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.float().eval()
+
+
 def weights_path(name: str, download_root: str | None = None) -> Path:
     """Where the ``clip`` package caches the weights of a named OpenAI model."""
     url = clip.clip._MODELS[name]
@@ -138,10 +170,10 @@ def load_clip_model(name: str, checkpoint: str | None = None, download_root: str
             ) from None
     state = _read_state_dict(path)
     try:
-        model = build_model(dict(state))
+        return build_clip(state)
     except (KeyError, RuntimeError) as exc:
-        raise InputError(f"{path} does not hold a complete CLIP model ({exc})") from None
-    return model.float()
+        reason = str(exc).strip().splitlines()[0]
+        raise InputError(f"{path} does not hold a complete CLIP model ({reason})") from None
 
 
 class ClipGuide(nn.Module):
@@ -187,6 +219,7 @@ class ClipGuide(nn.Module):
         self.relevancy_num_layers = relevancy_num_layers
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
 
     @property
     def _relevancy_clip(self) -> CLIP:

@@ -47,6 +47,9 @@ def pick_rows(g: torch.Generator, n_rows: int) -> torch.Tensor:
     return torch.randint(n_rows, (k,), generator=g)
 
 
+BOOTSTRAP_SCHEDULES = ("linear", "exponential", "none")
+
+
 def bootstrap_weight(step: int, weight: float, steps: int, schedule: str = "linear", minimum: float = 0.0) -> float:
     """Weight of the bootstrap term at 0-based ``step`` (0 from ``steps`` on)."""
     if step >= steps or weight <= 0:
@@ -58,7 +61,7 @@ def bootstrap_weight(step: int, weight: float, steps: int, schedule: str = "line
     elif schedule == "none":
         value = weight
     else:
-        raise ConfigError(f"loss.bootstrap_schedule={schedule!r} is not one of linear, exponential, none")
+        raise ConfigError(f"loss.bootstrap_schedule={schedule!r} is not one of {', '.join(BOOTSTRAP_SCHEDULES)}")
     return max(value, minimum)
 
 
@@ -123,7 +126,10 @@ class LossStack(nn.Module):
         self.criterion = TEXT_CRITERIA[text_criterion]
         self.n_aug = n_aug
         self.augment = ViewAugment(fill=view_fill)
-        bootstrap_weight(0, lambda_bootstrap, bootstrap_steps, bootstrap_schedule)  # validates the schedule
+        if bootstrap_schedule not in BOOTSTRAP_SCHEDULES:
+            raise ConfigError(
+                f"loss.bootstrap_schedule={bootstrap_schedule!r} is not one of {', '.join(BOOTSTRAP_SCHEDULES)}"
+            )
         if self.bootstraps and not bootstrap_text:
             raise ConfigError(
                 "bootstrapping is on (loss.bootstrap_steps > 0) but bootstrap_text is empty: set bootstrap_text="
