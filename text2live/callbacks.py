@@ -13,7 +13,13 @@ from text2live.io import save_layers
 
 def layer_grid(image: torch.Tensor, layers: dict[str, torch.Tensor]) -> torch.Tensor:
     """One row: input, edit, alpha, edit on green screen, composite ([3, H, 5 W + padding])."""
-    tiles = [image, layers["edit"], layers["alpha"].expand_as(image), layers["edit_on_greenscreen"], layers["composite"]]
+    tiles = [
+        image,
+        layers["edit"],
+        layers["alpha"].expand_as(image),
+        layers["edit_on_greenscreen"],
+        layers["composite"],
+    ]
     return make_grid(torch.cat([t.to(image.device) for t in tiles]).clamp(0, 1), nrow=5, padding=4, pad_value=1.0)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from text2live.errors import ConfigError, InputError, MissingWeightsError
-from text2live.views import ViewAugment, clip_views, resize, resize_shorter
+from text2live.views import ViewAugment, clip_views, resize_shorter
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
@@ -284,7 +284,9 @@ class ClipGuide(nn.Module):
         x = visual.conv1(x.type(visual.conv1.weight.dtype))
         grid_h, grid_w = x.shape[-2:]
         x = x.flatten(2).permute(0, 2, 1)
-        cls = visual.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
+        cls = visual.class_embedding.to(x.dtype) + torch.zeros(
+            x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device
+        )
         x = torch.cat([cls, x], dim=1)
         x = x + self._positional_embedding(visual, h, w, grid_h, grid_w).to(x.dtype)
         return visual.ln_pre(x).permute(1, 0, 2)

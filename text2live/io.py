@@ -7,16 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from text2live.errors import InputError
 
 OUTPUT_NAMES = ("edit", "alpha", "edit_on_greenscreen", "composite")
+INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+HIGH_DEPTH_MODES = (*INTEGER_MODES, "F")
 
 
 def _to_float_array(img: Image.Image) -> np.ndarray:
     """H x W x 3 float32 in [0, 1] from any PIL mode (16-bit, palette, alpha, CMYK ...)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if img.mode in INTEGER_MODES:
         arr = np.asarray(img, dtype=np.float64)
         scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         gray = np.clip(arr / scale, 0, 1)
@@ -51,20 +54,23 @@ def load_image(path: str | os.PathLike, resize_shorter: int = -1) -> torch.Tenso
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise InputError(f"cannot read {path} as an image ({exc}): pass a PNG or JPEG file") from None
-    if resize_shorter and resize_shorter > 0 and min(img.size) != resize_shorter:
-        img = _resize_pil(img, resize_shorter)
+    resize = resize_shorter and resize_shorter > 0 and min(img.size) != resize_shorter
+    if img.mode in HIGH_DEPTH_MODES:
+        # Scale to [0, 1] first: the scale depends on the bit depth, which a resize in PIL would lose.
+        image = torch.from_numpy(_to_float_array(img)).permute(2, 0, 1)[None]
+        if resize:
+            shape = _resized_shape(img.size, resize_shorter)[::-1]
+            image = F.interpolate(image, size=shape, mode="bilinear", align_corners=False, antialias=True)
+        return image[0].clamp(0, 1).contiguous()
+    if resize:
+        img = img.resize(_resized_shape(img.size, resize_shorter), Image.BILINEAR)
     return torch.from_numpy(_to_float_array(img)).permute(2, 0, 1).contiguous()
 
 
-def _resize_pil(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        img = img.convert("I")  # PIL cannot resample 16-bit integer images directly
-    return img.resize(new, Image.BILINEAR)
+def _resized_shape(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``shorter``, as torchvision's Resize(int) computes it."""
+    w, h = size
+    return (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

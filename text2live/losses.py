@@ -6,6 +6,7 @@ Terms are averaged over the list of outputs of the step (the augmented crop, plu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -109,6 +110,21 @@ class LossStack(nn.Module):
         super().__init__()
         if text_criterion not in TEXT_CRITERIA:
             raise ConfigError(f"loss.text_criterion={text_criterion!r} is not one of {', '.join(TEXT_CRITERIA)}")
+        weights = {
+            "lambda_structure": lambda_structure,
+            "lambda_composition": lambda_composition,
+            "lambda_sparsity": lambda_sparsity,
+            "lambda_alpha_l1": lambda_alpha_l1,
+            "lambda_alpha_l0": lambda_alpha_l0,
+            "lambda_screen": lambda_screen,
+            "lambda_bootstrap": lambda_bootstrap,
+            "lambda_bootstrap_min": lambda_bootstrap_min,
+        }
+        for key, value in weights.items():
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(
+                    f"loss.{key}={value} is not valid: loss weights are finite and >= 0 (0 turns a term off)"
+                )
         if n_aug < 1:
             raise ConfigError(f"loss.n_aug must be at least 1, got {n_aug}")
         self.guide = guide

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import runs
+from text2live.cli import check_overrides
 from text2live.config import CONF_DIR
 from text2live.errors import InputError, Text2LiveError
 from text2live.generator import SkipGenerator, render_layers
@@ -72,6 +73,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_overrides("render", sys.argv[1:], "t2l-render")
     _hydra_main()
 
 

@@ -68,11 +68,21 @@ class ImageEditSystem(pl.LightningModule):
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
         if bad:
             raise NonFiniteLossError(step, [b for b in bad if b != "total"] or ["total"])
-        self.log_dict({f"train/loss/{name}": value.detach() for name, value in terms.items()}, on_step=True)
         self.log("loss", terms["total"].detach(), prog_bar=True, logger=False, on_step=True)
-        self.log("train/bootstrap_weight", self.losses.weights(step).get("bootstrap", 0.0), on_step=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
+        self._log_step(step, terms)
         return terms["total"]
+
+    def _log_step(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        """Write this step's values straight to the loggers.
+
+        ``self.log`` would repeat the last value of a term on the steps that do not compute it (the bootstrap
+        term after bootstrapping ends) until the epoch ends, and a run is a single epoch.
+        """
+        metrics = {f"train/loss/{name}": float(value.detach()) for name, value in terms.items()}
+        metrics["train/bootstrap_weight"] = self.losses.weights(step).get("bootstrap", 0.0)
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.generator.parameters())

@@ -12,12 +12,13 @@ import hydra
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from text2live import runs
 from text2live.callbacks import EditSnapshots
+from text2live.cli import check_overrides
 from text2live.config import CONF_DIR
 from text2live.errors import ConfigError, Text2LiveError
 from text2live.io import save_layers
@@ -38,7 +39,7 @@ def _check_prompts(cfg: dict) -> None:
         value = cfg.get(key)
         prompts = [value] if isinstance(value, str) else value
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ConfigError(f"{key} is empty: pass {key}=\"<text>\" (a string or a list of strings)")
+            raise ConfigError(f'{key} is empty: pass {key}="<text>" (a string or a list of strings)')
 
 
 def resolve_config(cfg: DictConfig) -> dict:
@@ -51,7 +52,9 @@ def resolve_config(cfg: DictConfig) -> dict:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "the config"
         reason = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"{key} has a value that cannot be used ({reason}): check the value given for {key}") from None
+        raise ConfigError(
+            f"{key} has a value that cannot be used ({reason}): check the value given for {key}"
+        ) from None
 
 
 def _check_run_settings(cfg: dict) -> None:
@@ -70,7 +73,9 @@ def instantiate(node: DictConfig, **kwargs):
             raise exc.__cause__ from None
         key = node._get_full_key(None) or "config"
         reason = str(exc.__cause__ or exc).strip().splitlines()[0]
-        raise ConfigError(f"{key} cannot be built from its config ({reason}): check the values given for {key}.*") from None
+        raise ConfigError(
+            f"{key} cannot be built from its config ({reason}): check the values given for {key}.*"
+        ) from None
 
 
 def build_system(cfg: DictConfig) -> tuple[ImageEditSystem, pl.LightningDataModule]:
@@ -147,6 +152,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    check_overrides("train", sys.argv[1:], "t2l-train")
     _hydra_main()
 
 

@@ -1,0 +1,236 @@
+"""Every option of every config group composes and instantiates (the way a schema would catch a typo)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import clip
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY, compose_config
+from hydra.utils import get_class, get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from text2live.clip_guide import ClipGuide, build_guide
+from text2live.config import CONF_DIR
+from text2live.data import ImageDataModule
+from text2live.errors import InputError
+from text2live.generator import SkipGenerator
+from text2live.losses import LossStack
+from text2live.system import ImageEditSystem
+from text2live.train import build_system
+
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
+# the reference's examples whose photos are not shipped (they live under data_dir)
+NOT_SHIPPED = {"golden_horse": "images/horse.jpg", "ice_cake": "images/cake.jpeg"}
+
+
+def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path) -> DictConfig:
+    """TINY with ``group=option`` instead of TINY's own choices for that group (those could be other keys)."""
+    tiny = [o for o in TINY if not o.startswith((f"{group}=", f"{group}."))]
+    inputs = [f"image_path={small_cat}", "comp_text=golden cat", "src_text=cat", "screen_text=golden"]
+    if group == "experiment":
+        inputs = []  # the experiment sets them
+    where = [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
+    return compose_config([*tiny, *inputs, *where, f"{group}={option}"])
+
+
+@pytest.fixture(scope="module")
+def tiny_guide() -> ClipGuide:
+    return instantiate(compose_config(["clip=tiny"]).clip)
+
+
+def downloads_weights(clip_cfg: DictConfig) -> bool:
+    names = {clip_cfg.get("name"), clip_cfg.get("relevancy_name")}
+    return not clip_cfg.get("checkpoint") and bool(names & set(clip.available_models()))
+
+
+# the checks of each group -----------------------------------------------------------------------------
+
+
+def check_generator(cfg: DictConfig, **_) -> None:
+    generator = instantiate(cfg.generator)
+    assert isinstance(generator, SkipGenerator)
+    assert generator.min_side == 2**cfg.generator.num_scales + 1 == cfg.data.min_side
+    if cfg.generator == compose_config([]).generator:  # the reference's architecture
+        assert sum(p.numel() for p in generator.parameters()) == 3_115_548
+
+
+def check_clip(cfg: DictConfig, **_) -> None:
+    target = get_method(cfg.clip._target_)
+    assert callable(target)
+    accepted = set(inspect.signature(target).parameters)
+    assert set(cfg.clip) - {"_target_"} <= accepted
+    if downloads_weights(cfg.clip):
+        assert target is build_guide
+        for key in ("name", "relevancy_name"):
+            assert cfg.clip[key] in (None, *clip.available_models()), f"clip.{key}={cfg.clip[key]!r}"
+        return
+    guide = instantiate(cfg.clip)
+    assert isinstance(guide, ClipGuide)
+    assert guide.swap_pos_embed_hw == cfg.clip.swap_pos_embed_hw
+    assert guide.relevancy_num_layers == cfg.clip.relevancy_num_layers
+    assert (guide.relevancy_model is None) == (cfg.clip.relevancy_name in (None, cfg.clip.name))
+    if cfg.clip.get("tiny"):
+        visual = guide.model.visual
+        assert len(visual.transformer.resblocks) == cfg.clip.tiny.vision_layers
+        assert visual.conv1.out_channels == cfg.clip.tiny.vision_width
+        assert visual.proj.shape == (cfg.clip.tiny.vision_width, cfg.clip.tiny.embed_dim)
+    assert not any(p.requires_grad for p in guide.parameters())
+
+
+def check_loss(cfg: DictConfig, guide: ClipGuide, **_) -> None:
+    losses = instantiate(cfg.loss, guide=guide)
+    assert isinstance(losses, LossStack)
+    for key, value in cfg.loss.items():
+        if key.startswith("lambda_") or key in ("n_aug", "bootstrap_steps", "bootstrap_sum_outputs"):
+            assert getattr(losses, key) == value, key
+    assert losses.src_e.shape[0] == 14 and losses.comp_e.shape[0] == 14  # one row per template
+    assert losses.screen_e.shape[0] == 2  # the two green-screen templates
+
+
+def check_data(cfg: DictConfig, **_) -> None:
+    datamodule = instantiate(cfg.data)
+    assert isinstance(datamodule, ImageDataModule)
+    datamodule.setup("fit")
+    size = cfg.data.resize_input
+    assert tuple(datamodule.image.shape) == (1, 3, size, size * 3 // 2)  # the 96 x 144 cat, shorter side resized
+    assert datamodule.steps == cfg.steps == 3
+    assert datamodule.min_side == 17  # TINY's 4 generator scales
+
+
+def check_optim(cfg: DictConfig, **_) -> None:
+    optim = instantiate(cfg.optim)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    optimizer = optim.optimizer(params)
+    assert type(optimizer) is get_class(cfg.optim.optimizer._target_)
+    assert optimizer.param_groups[0]["lr"] == cfg.optim.optimizer.lr
+    assert 0 < cfg.optim.lr_decay <= 1
+    assert 0 <= cfg.optim.min_lr < cfg.optim.optimizer.lr
+
+
+def check_trainer(cfg: DictConfig, **_) -> None:
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer, pl.Trainer)
+    assert trainer.max_steps == cfg.steps == 3
+    assert trainer.log_every_n_steps == 1
+    if not torch.cuda.is_available():
+        assert trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
+def check_logger(cfg: DictConfig, tmp_path: Path, **_) -> None:
+    logger = instantiate(cfg.logger)
+    assert isinstance(logger, TensorBoardLogger)
+    assert Path(logger.log_dir) == tmp_path / "run" / "tb"
+
+
+def check_fidelity(cfg: DictConfig, guide: ClipGuide, **_) -> None:
+    check_clip(cfg)
+    losses = instantiate(cfg.loss, guide=guide)
+    assert losses.bootstrap_sum_outputs == cfg.loss.bootstrap_sum_outputs
+
+
+def check_experiment(cfg: DictConfig, tmp_path: Path, option: str, **_) -> None:
+    assert cfg.name == option
+    if option in NOT_SHIPPED:
+        missing = tmp_path / "data" / NOT_SHIPPED[option]
+        assert cfg.image_path == str(missing)
+        with pytest.raises(InputError) as exc:
+            build_system(cfg)
+        assert f"image_path={missing} does not exist" in str(exc.value)
+        return
+    system, datamodule = build_system(cfg)
+    assert isinstance(system, ImageEditSystem)
+    assert min(datamodule.image.shape[-2:]) == 96
+    prompts = cfg.comp_text if isinstance(cfg.comp_text, str) else list(cfg.comp_text)
+    rows = 14 * (1 if isinstance(prompts, str) else len(prompts))
+    assert system.losses.comp_e.shape[0] == rows
+
+
+CHECKS = {
+    "generator": check_generator,
+    "clip": check_clip,
+    "loss": check_loss,
+    "data": check_data,
+    "optim": check_optim,
+    "trainer": check_trainer,
+    "logger": check_logger,
+    "fidelity": check_fidelity,
+    "experiment": check_experiment,
+}
+
+
+def check_other(cfg: DictConfig, group: str, **_) -> None:
+    """A group without a dedicated check: whatever it configures with a ``_target_`` instantiates."""
+    node = cfg.get(group)
+    if isinstance(node, DictConfig) and "_target_" in node:
+        assert instantiate(node) is not None
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_instantiates(group, option, tmp_path, small_cat, tiny_guide):
+    cfg = compose_option(group, option, tmp_path, small_cat)
+    CHECKS.get(group, check_other)(cfg, guide=tiny_guide, tmp_path=tmp_path, option=option, group=group)
+
+
+def test_the_method_groups_all_have_options():
+    options = {group: [o for g, o in OPTIONS if g == group] for group in GROUPS}
+    assert set(CHECKS) <= set(GROUPS)
+    assert all(options[group] for group in CHECKS)
+
+
+def flat(cfg: DictConfig) -> dict:
+    out = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def test_fidelity_corrected_flips_exactly_the_reference_bugs():
+    default, corrected = flat(compose_config([])), flat(compose_config(["fidelity=corrected"]))
+    assert default == flat(compose_config(["fidelity=reference"]))
+    changed = {k for k in default.keys() | corrected.keys() if default.get(k) != corrected.get(k)}
+    assert changed == {"clip.swap_pos_embed_hw", "clip.relevancy_name", "loss.bootstrap_sum_outputs"}
+    assert (default["clip.swap_pos_embed_hw"], corrected["clip.swap_pos_embed_hw"]) == (True, False)
+    assert (default["clip.relevancy_name"], corrected["clip.relevancy_name"]) == ("ViT-B/32", None)
+    assert (default["loss.bootstrap_sum_outputs"], corrected["loss.bootstrap_sum_outputs"]) == (False, True)
+
+
+def test_train_defaults_leave_the_inputs_to_the_user():
+    cfg = compose_config([])
+    for key in ("image_path", "comp_text", "src_text", "screen_text"):
+        assert OmegaConf.is_missing(cfg, key)
+    assert cfg.clip.name == "ViT-B/32" and cfg.optim.optimizer._target_ == "madgrad.MADGRAD"
+    assert cfg.steps == 1000 and cfg.seed == 0
+    assert cfg.run_dir == "outputs/adhoc/seed0"
+
+
+def test_render_config_composes():
+    cfg = compose_config(["run_dir=outputs/golden_cat/seed0"], config_name="render")
+    assert cfg.run_dir == "outputs/golden_cat/seed0"
+    assert cfg.image_path is None and cfg.out_dir is None
+    assert OmegaConf.is_missing(compose_config([], config_name="render"), "run_dir")
+
+
+def test_train_help_lists_the_groups():
+    result = subprocess.run(
+        [sys.executable, "-m", "text2live.train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "t2l-train" in result.stdout
+    for word in ("experiment", "clip", "golden_cat", "tiny", "fidelity", "corrected"):
+        assert word in result.stdout, word
