@@ -135,9 +135,8 @@ def test_unreadable_checkpoint_is_an_input_error(tmp_path: Path) -> None:
 
 
 def _fp16_exact_tiny_clip() -> torch.nn.Module:
-    """A tiny CLIP that survives ``clip.model.build_model``: 1 text head (build_model infers width // 64) and
-    weights exact in float16 (build_model casts to float16, as OpenAI's weights are)."""
-    model = tiny_clip(transformer_heads=1)
+    """A tiny CLIP whose weights are exact in float16, as OpenAI's released weights are."""
+    model = tiny_clip()
     model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
     return model
 
@@ -155,6 +154,17 @@ def test_load_clip_model_from_a_state_dict_file(tmp_path: Path) -> None:
     torch.save(model.state_dict(), path)
     loaded = load_clip_model("x", checkpoint=str(path))
     assert loaded.visual.conv1.weight.dtype == torch.float32
+    for ours, theirs in zip(_embeddings(loaded), _embeddings(model)):
+        assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_load_clip_model_keeps_float32_weights_exact(tmp_path: Path) -> None:
+    model = tiny_clip()  # default tiny: one text head per 64 channels, so the head count is inferred right
+    path = tmp_path / "tiny_fp32.pt"
+    torch.save(model.state_dict(), path)
+    loaded = load_clip_model("x", checkpoint=str(path))
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name  # no rounding through float16
     for ours, theirs in zip(_embeddings(loaded), _embeddings(model)):
         assert_close(ours, theirs, atol=1e-6, rtol=0)
 

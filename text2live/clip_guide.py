@@ -165,8 +165,9 @@ def load_clip_model(name: str, checkpoint: str | None = None, download_root: str
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise MissingWeightsError(
-                f"CLIP {name} needs {path.name}, which is not in {path.parent} and could not be downloaded "
-                f"({reason}): copy {path.name} there or pass clip.checkpoint=/path/to/{path.name}"
+                f"CLIP {name} needs {path.name}, which is missing from {path.parent} (or fails its checksum) and "
+                f"could not be downloaded ({reason}): copy {path.name} there or pass "
+                f"clip.checkpoint=/path/to/{path.name}"
             ) from None
     state = _read_state_dict(path)
     try:
