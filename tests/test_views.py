@@ -95,7 +95,7 @@ def test_view_augment_with_zero_probabilities_is_identity() -> None:
 @pytest.mark.parametrize("fill", [0.0, 1.0])
 def test_affine_rotation_fills_corners_with_fill_value(fill: float, monkeypatch: pytest.MonkeyPatch) -> None:
     # Force the largest draws: a 45 degree rotation (translation 0), so every corner leaves the image.
-    monkeypatch.setattr(views, "_uniform", lambda g, low, high: high)
+    monkeypatch.setattr(views, "rand_uniform", lambda g, low, high: high)
     augment = ViewAugment(**{**NO_AUGMENT, "affine_p": 1.0}, degrees=45.0, translate=0.0, fill=fill)
     x = torch.full((1, 3, 64, 96), 0.5)
     out = augment(x, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from text2live.errors import ConfigError, InputError
 from text2live.io import load_image
-from text2live.views import _chance, _randint, _uniform, color_jitter
+from text2live.views import color_jitter, rand_chance, rand_int, rand_uniform
 
 DATA_STREAM, LOSS_STREAM = 0, 1
 
@@ -54,19 +54,19 @@ class ImageCrops:
 
     def __call__(self, image: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x = image
-        if _chance(g, self.jitter_p):
+        if rand_chance(g, self.jitter_p):
             x = color_jitter(x, g)
-        if _chance(g, self.flip_p):
+        if rand_chance(g, self.flip_p):
             x = x.flip(-1)
         h, w = x.shape[-2:]
-        s = _uniform(g, self.scale_min, self.scale_max)
+        s = rand_uniform(g, self.scale_min, self.scale_max)
         size = (int(h * s), int(w * s))
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
         if self.crop_min_cover < 1:
-            c = _uniform(g, self.crop_min_cover, 1.0)
+            c = rand_uniform(g, self.crop_min_cover, 1.0)
             ch, cw = int(size[0] * c), int(size[1] * c)
-            top, left = _randint(g, 0, size[0] - ch + 1), _randint(g, 0, size[1] - cw + 1)
+            top, left = rand_int(g, 0, size[0] - ch + 1), rand_int(g, 0, size[1] - cw + 1)
             x = x[..., top : top + ch, left : left + cw]
         return x.contiguous()
 

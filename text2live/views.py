@@ -46,15 +46,15 @@ def resize_shorter(x: torch.Tensor, size: int, max_size: int | None = None, lega
     return resize(x, resized_shape(h, w, size, max_size), legacy)
 
 
-def _uniform(g: torch.Generator, low: float, high: float) -> float:
+def rand_uniform(g: torch.Generator, low: float, high: float) -> float:
     return float(torch.empty(1).uniform_(low, high, generator=g).item())
 
 
-def _randint(g: torch.Generator, low: int, high: int) -> int:
+def rand_int(g: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high, (1,), generator=g).item())
 
 
-def _chance(g: torch.Generator, p: float) -> bool:
+def rand_chance(g: torch.Generator, p: float) -> bool:
     return bool(torch.rand(1, generator=g).item() < p)
 
 
@@ -76,19 +76,19 @@ class ViewAugment:
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         h, w = x.shape[-2:]
         fill = [float(self.fill)] * x.shape[1]
-        if _chance(g, self.flip_p):
+        if rand_chance(g, self.flip_p):
             x = x.flip(-1)
-        if _chance(g, self.affine_p):
-            angle = _uniform(g, -self.degrees, self.degrees)
+        if rand_chance(g, self.affine_p):
+            angle = rand_uniform(g, -self.degrees, self.degrees)
             max_dx, max_dy = self.translate * w, self.translate * h
-            shift = [round(_uniform(g, -max_dx, max_dx)), round(_uniform(g, -max_dy, max_dy))]
+            shift = [round(rand_uniform(g, -max_dx, max_dx)), round(rand_uniform(g, -max_dy, max_dy))]
             x = TF.affine(x, angle, shift, 1.0, [0.0, 0.0], InterpolationMode.BILINEAR, fill)
-        if _chance(g, self.perspective_p):
+        if rand_chance(g, self.perspective_p):
             start, end = _perspective_points(g, w, h, self.distortion)
             x = TF.perspective(x, start, end, InterpolationMode.BILINEAR, fill)
-        if _chance(g, self.jitter_p):
+        if rand_chance(g, self.jitter_p):
             x = color_jitter(x, g, self.jitter)
-        if _chance(g, self.grayscale_p):
+        if rand_chance(g, self.grayscale_p):
             x = TF.rgb_to_grayscale(x, num_output_channels=3)
         return x
 
@@ -96,10 +96,10 @@ class ViewAugment:
 def _perspective_points(g: torch.Generator, w: int, h: int, d: float) -> tuple[list, list]:
     half_h, half_w = h // 2, w // 2
     dx, dy = int(d * half_w), int(d * half_h)
-    top_left = [_randint(g, 0, dx + 1), _randint(g, 0, dy + 1)]
-    top_right = [_randint(g, w - dx - 1, w), _randint(g, 0, dy + 1)]
-    bot_right = [_randint(g, w - dx - 1, w), _randint(g, h - dy - 1, h)]
-    bot_left = [_randint(g, 0, dx + 1), _randint(g, h - dy - 1, h)]
+    top_left = [rand_int(g, 0, dx + 1), rand_int(g, 0, dy + 1)]
+    top_right = [rand_int(g, w - dx - 1, w), rand_int(g, 0, dy + 1)]
+    bot_right = [rand_int(g, w - dx - 1, w), rand_int(g, h - dy - 1, h)]
+    bot_left = [rand_int(g, 0, dx + 1), rand_int(g, h - dy - 1, h)]
     start = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]
     return start, [top_left, top_right, bot_right, bot_left]
 
@@ -107,10 +107,10 @@ def _perspective_points(g: torch.Generator, w: int, h: int, d: float) -> tuple[l
 def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.1) -> torch.Tensor:
     """torchvision's ColorJitter(strength x 4): the four changes in a random order."""
     order = torch.randperm(4, generator=g).tolist()
-    brightness = _uniform(g, 1 - strength, 1 + strength)
-    contrast = _uniform(g, 1 - strength, 1 + strength)
-    saturation = _uniform(g, 1 - strength, 1 + strength)
-    hue = _uniform(g, -strength, strength)
+    brightness = rand_uniform(g, 1 - strength, 1 + strength)
+    contrast = rand_uniform(g, 1 - strength, 1 + strength)
+    saturation = rand_uniform(g, 1 - strength, 1 + strength)
+    hue = rand_uniform(g, -strength, strength)
     for op in order:
         if op == 0:
             x = TF.adjust_brightness(x, brightness)
@@ -143,9 +143,9 @@ def clip_views(
     views = [augment(first, g)]
     h, w = x.shape[-2:]
     for _ in range(n_views - 1):
-        s = _uniform(g, 0.6, 1.0)
+        s = rand_uniform(g, 0.6, 1.0)
         ch, cw = int(h * s), int(w * s)
-        top, left = _randint(g, 0, h - ch + 1), _randint(g, 0, w - cw + 1)
+        top, left = rand_int(g, 0, h - ch + 1), rand_int(g, 0, w - cw + 1)
         crop = x[..., top : top + ch, left : left + cw]
         views.append(augment(resize(crop, shape, legacy), g))
     return torch.cat(views)
