@@ -78,7 +78,8 @@ class ImageEditSystem(pl.LightningModule):
         ``self.log`` would repeat the last value of a term on the steps that do not compute it (the bootstrap
         term after bootstrapping ends) until the epoch ends, and a run is a single epoch.
         """
-        metrics = {f"train/loss/{name}": float(value.detach()) for name, value in terms.items()}
+        values = torch.stack([value.detach().float() for value in terms.values()]).tolist()  # one device sync
+        metrics = {f"train/loss/{name}": value for name, value in zip(terms, values)}
         metrics["train/bootstrap_weight"] = self.losses.weights(step).get("bootstrap", 0.0)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         for logger in self.loggers:
@@ -87,7 +88,7 @@ class ImageEditSystem(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.generator.parameters())
         base_lr = optimizer.param_groups[0]["lr"]
-        floor = self.min_lr / base_lr
+        floor = self.min_lr / base_lr if base_lr > 0 else 0.0
         decay = self.lr_decay
         scheduler = LambdaLR(optimizer, lambda step: max(floor, decay**step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
