@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from text2live.errors import InputError
+from text2live.views import resized_shape
 
 OUTPUT_NAMES = ("edit", "alpha", "edit_on_greenscreen", "composite")
 INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -59,18 +60,13 @@ def load_image(path: str | os.PathLike, resize_shorter: int = -1) -> torch.Tenso
         # Scale to [0, 1] first: the scale depends on the bit depth, which a resize in PIL would lose.
         image = torch.from_numpy(_to_float_array(img)).permute(2, 0, 1)[None]
         if resize:
-            shape = _resized_shape(img.size, resize_shorter)[::-1]
+            shape = resized_shape(img.height, img.width, resize_shorter)
             image = F.interpolate(image, size=shape, mode="bilinear", align_corners=False, antialias=True)
         return image[0].clamp(0, 1).contiguous()
     if resize:
-        img = img.resize(_resized_shape(img.size, resize_shorter), Image.BILINEAR)
+        height, width = resized_shape(img.height, img.width, resize_shorter)
+        img = img.resize((width, height), Image.BILINEAR)
     return torch.from_numpy(_to_float_array(img)).permute(2, 0, 1).contiguous()
-
-
-def _resized_shape(size: tuple[int, int], shorter: int) -> tuple[int, int]:
-    """(width, height) with the shorter side ``shorter``, as torchvision's Resize(int) computes it."""
-    w, h = size
-    return (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -51,18 +51,22 @@ def pick_rows(g: torch.Generator, n_rows: int) -> torch.Tensor:
 BOOTSTRAP_SCHEDULES = ("linear", "exponential", "none")
 
 
+def check_bootstrap_schedule(schedule: str) -> None:
+    if schedule not in BOOTSTRAP_SCHEDULES:
+        raise ConfigError(f"loss.bootstrap_schedule={schedule!r} is not one of {', '.join(BOOTSTRAP_SCHEDULES)}")
+
+
 def bootstrap_weight(step: int, weight: float, steps: int, schedule: str = "linear", minimum: float = 0.0) -> float:
     """Weight of the bootstrap term at 0-based ``step`` (0 from ``steps`` on)."""
+    check_bootstrap_schedule(schedule)
     if step >= steps or weight <= 0:
         return 0.0
     if schedule == "linear":
         value = weight * (1 - (step + 1) / steps)
     elif schedule == "exponential":
         value = weight * 0.99 ** (step + 1)
-    elif schedule == "none":
-        value = weight
     else:
-        raise ConfigError(f"loss.bootstrap_schedule={schedule!r} is not one of {', '.join(BOOTSTRAP_SCHEDULES)}")
+        value = weight
     return max(value, minimum)
 
 
@@ -142,10 +146,7 @@ class LossStack(nn.Module):
         self.criterion = TEXT_CRITERIA[text_criterion]
         self.n_aug = n_aug
         self.augment = ViewAugment(fill=view_fill)
-        if bootstrap_schedule not in BOOTSTRAP_SCHEDULES:
-            raise ConfigError(
-                f"loss.bootstrap_schedule={bootstrap_schedule!r} is not one of {', '.join(BOOTSTRAP_SCHEDULES)}"
-            )
+        check_bootstrap_schedule(bootstrap_schedule)
         if self.bootstraps and not bootstrap_text:
             raise ConfigError(
                 "bootstrapping is on (loss.bootstrap_steps > 0) but bootstrap_text is empty: set bootstrap_text="
