@@ -73,3 +73,67 @@ def tiny_cfg(tmp_path: Path, small_cat: Path):
         return compose_config(base + TINY + list(extra))
 
     return make
+
+
+# a synthetic video: the real NLA architectures with known maps (text2live.nla.synthetic_nla) -------------
+
+VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH = 5, 36, 64
+
+# Overrides that fit the video path to the synthetic video (on top of TINY).
+VIDEO_TINY = [
+    "data.height=36",
+    "data.width=64",
+    "data.grid_resolution=200",
+    "data.mask_border=4",
+    "data.chunk_size=4096",
+    "loss.n_aug=2",
+]
+
+
+def write_synthetic_video(folder: Path, num_frames: int = VIDEO_FRAMES, seed: int = 0) -> tuple[Path, Path]:
+    """An NLA checkpoint and frames rendered from it (alpha * foreground + (1 - alpha) * background).
+
+    Returns (checkpoint path, frames folder).
+    """
+    from text2live.io import save_png
+    from text2live.nla import synthetic_nla, video_maps
+    from text2live.video_data import reconstruct
+
+    nla = synthetic_nla(num_frames, VIDEO_HEIGHT, VIDEO_WIDTH, seed=seed)
+    checkpoint = folder / "nla" / "checkpoint"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(nla.checkpoint(), checkpoint)
+    maps = video_maps(nla, num_frames, VIDEO_HEIGHT, VIDEO_WIDTH)
+    fg = reconstruct(nla, maps.uvs["foreground"], 4096)
+    bg = reconstruct(nla, maps.uvs["background"], 4096)
+    frames = maps.alpha * fg + (1 - maps.alpha) * bg
+    for t in range(num_frames):
+        save_png(frames[t], folder / "frames" / f"{t:05d}.png")
+    return checkpoint, folder / "frames"
+
+
+@pytest.fixture(scope="session")
+def synthetic_video(tmp_path_factory) -> tuple[Path, Path]:
+    """(NLA checkpoint, frames folder) of a 5-frame 64 x 36 synthetic video, built once per session."""
+    return write_synthetic_video(tmp_path_factory.mktemp("video"))
+
+
+@pytest.fixture
+def tiny_video_cfg(tmp_path: Path, synthetic_video):
+    """A factory of tiny video run configs: ``tiny_video_cfg(*extra_overrides, run="name")``."""
+    checkpoint, frames = synthetic_video
+
+    def make(*extra: str, run: str = "run") -> DictConfig:
+        base = [
+            "experiment=video",
+            f"nla_checkpoint={checkpoint}",
+            f"frames_dir={frames}",
+            f"num_frames={VIDEO_FRAMES}",
+            "comp_text=golden swan",
+            "src_text=swan",
+            "screen_text=golden",
+            f"run_dir={tmp_path / run}",
+        ]
+        return compose_config(base + TINY + VIDEO_TINY + list(extra))
+
+    return make

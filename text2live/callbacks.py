@@ -8,8 +8,6 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
-from text2live.io import save_layers
-
 
 def layer_grid(image: torch.Tensor, layers: dict[str, torch.Tensor]) -> torch.Tensor:
     """One row: input, edit, alpha, edit on green screen, composite ([3, H, 5 W + padding])."""
@@ -24,7 +22,7 @@ def layer_grid(image: torch.Tensor, layers: dict[str, torch.Tensor]) -> torch.Te
 
 
 class EditSnapshots(pl.Callback):
-    """Every ``every`` steps, render the full image and write it to ``folder/<step>/`` and TensorBoard."""
+    """Every ``every`` steps, the system writes its intermediate result to ``folder/<step>/`` and TensorBoard."""
 
     def __init__(self, folder: str | Path, every: int) -> None:
         self.folder = Path(folder)
@@ -34,10 +32,4 @@ class EditSnapshots(pl.Callback):
         step = trainer.global_step
         if self.every <= 0 or step % self.every != 0:
             return
-        image = trainer.datamodule.image.to(pl_module.device)
-        layers = pl_module.render(image)
-        save_layers(layers, self.folder / str(step))
-        for logger in trainer.loggers:
-            writer = getattr(logger, "experiment", None)
-            if hasattr(writer, "add_image"):
-                writer.add_image("edit/input|edit|alpha|greenscreen|composite", layer_grid(image, layers), step)
+        pl_module.snapshot(trainer.datamodule, self.folder / str(step), step, trainer.loggers)

@@ -100,3 +100,84 @@ def save_layers(layers: dict[str, torch.Tensor], folder: str | os.PathLike) -> l
     save_png(rgba, folder / "layer_rgba.png")
     written.append(folder / "layer_rgba.png")
     return written
+
+
+# videos -----------------------------------------------------------------------------------------------------
+
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def list_frames(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"frames_dir={folder} is not a folder: pass the folder that holds the video's frames")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
+
+
+def load_frames(folder: str | os.PathLike, num_frames: int, size: tuple[int, int]) -> torch.Tensor:
+    """The first ``num_frames`` frames of ``folder`` (sorted by name) as [T, 3, H, W] in [0, 1].
+
+    Every frame is resized to ``size`` = (H, W) with Lanczos filtering. Raises if fewer frames are found or
+    if they are not all the same size.
+    """
+    files = list_frames(folder)
+    if len(files) < num_frames:
+        raise InputError(
+            f"{folder} holds {len(files)} frames (jpg/png) but num_frames={num_frames}: pass the right frames_dir "
+            "or set num_frames to the frame count the NLA checkpoint was trained on"
+        )
+    files = files[:num_frames]
+    sizes: dict[tuple[int, int], Path] = {}
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                sizes.setdefault(ImageOps.exif_transpose(img).size, path)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise InputError(f"cannot read frame {path} ({exc}): replace or remove it") from None
+        if len(sizes) > 1:
+            (a, pa), (b, pb) = list(sizes.items())[:2]
+            raise InputError(
+                f"the frames of {folder} are not all the same size: {pa.name} is {a[0]}x{a[1]} but {pb.name} is "
+                f"{b[0]}x{b[1]}; a video's frames must share one size"
+            )
+    height, width = size
+    video = torch.empty(num_frames, 3, height, width)
+    for i, path in enumerate(files):
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            img = img.convert("RGB").resize((width, height), Image.LANCZOS)
+        video[i] = torch.from_numpy(_to_float_array(img)).permute(2, 0, 1)
+    return video
+
+
+def save_png_sequence(frames: torch.Tensor, folder: str | os.PathLike) -> list[Path]:
+    """Write [T, C, H, W] frames as ``00000.png``, ``00001.png`` ... (RGBA when C = 4)."""
+    folder = Path(folder)
+    paths = [folder / f"{i:05d}.png" for i in range(len(frames))]
+    for frame, path in zip(frames, paths):
+        save_png(frame, path)
+    return paths
+
+
+def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0) -> Path:
+    """Write [T, C, H, W] frames in [0, 1] (C = 1 or 3) as MP4 (H.264 through imageio-ffmpeg) or GIF.
+
+    The format follows the suffix. The file appears only once complete.
+    """
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = frames.expand(-1, 3, -1, -1) if frames.shape[1] == 1 else frames
+    arrays = [to_uint8(frame) for frame in frames]
+    tmp = path.with_name(f"{path.stem}.part{path.suffix}")
+    if path.suffix.lower() == ".gif":
+        imageio.mimwrite(tmp, arrays, format="GIF", duration=1000.0 / fps, loop=0)
+    elif path.suffix.lower() == ".mp4":
+        # Even sizes only (yuv420p); other sizes are padded by ffmpeg's macro-block rounding.
+        imageio.mimwrite(tmp, arrays, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=2)
+    else:
+        raise ValueError(f"cannot write a video as {path.suffix!r}: use .mp4 or .gif")
+    os.replace(tmp, path)
+    return path

@@ -1,20 +1,97 @@
-"""The image-editing LightningModule: wires the generator and the loss stack, nothing more."""
+"""The LightningModules: they wire the generator(s) and the loss stack(s) together, nothing more.
+
+:class:`EditSystem` holds what image and video editing share (optimiser, learning-rate decay, logging, the
+non-finite check, generator-only checkpoints); :class:`ImageEditSystem` edits one image. The video system is
+in :mod:`text2live.video_system`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from text2live.callbacks import layer_grid
 from text2live.errors import NonFiniteLossError
 from text2live.generator import SkipGenerator, render_layers
+from text2live.io import save_layers
 from text2live.losses import LossStack
 
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 
-class ImageEditSystem(pl.LightningModule):
+
+class EditSystem(pl.LightningModule):
+    """Shared training machinery; subclasses define the generators (under ``SAVED_PREFIX``) and the step.
+
+    Args:
+        optimizer: a factory ``params -> Optimizer`` (the ``optim.optimizer`` config, partially instantiated).
+        lr_decay: after every step ``lr = max(min_lr, lr_decay * lr)``.
+        min_lr: the floor of the learning rate.
+    """
+
+    SAVED_PREFIX = "generator."
+
+    def __init__(self, optimizer: OptimizerFactory, lr_decay: float, min_lr: float) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_decay = lr_decay
+        self.min_lr = min_lr
+
+    def guides(self) -> list:
+        """The frozen CLIP guides to place on the training device."""
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        for guide in self.guides():
+            guide.place(self.device)
+
+    def check_finite(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if bad:
+            names = [b for b in bad if not b.endswith("total")] or bad
+            raise NonFiniteLossError(step, names)
+
+    def log_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float]) -> None:
+        """Write this step's values straight to the loggers as ``train/loss/<name>`` plus ``extra``.
+
+        ``self.log`` would repeat the last value of a term on the steps that do not compute it (the bootstrap
+        term after bootstrapping ends) until the epoch ends, and a run is a single epoch.
+        """
+        values = torch.stack([value.detach().float() for value in terms.values()]).tolist()  # one device sync
+        metrics = {f"train/loss/{name}": value for name, value in zip(terms, values)}
+        metrics.update(extra)
+        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def configure_optimizers(self) -> dict:
+        params = [p for name, p in self.named_parameters() if f"{name}.".startswith(self.SAVED_PREFIX)]
+        optimizer = self.optimizer_factory(params)
+        base_lr = optimizer.param_groups[0]["lr"]
+        floor = self.min_lr / base_lr if base_lr > 0 else 0.0
+        decay = self.lr_decay
+        scheduler = LambdaLR(optimizer, lambda step: max(floor, decay**step))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # checkpoints hold the generators only: CLIP and the text embeddings are rebuilt from the config --------
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if k.startswith(self.SAVED_PREFIX)}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        own = {k: v for k, v in state_dict.items() if k.startswith(self.SAVED_PREFIX)}
+        result = super().load_state_dict(own, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if k.startswith(self.SAVED_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"checkpoint does not fit: missing {missing}, unexpected {result.unexpected_keys}")
+        return result
+
+
+class ImageEditSystem(EditSystem):
     """Trains a generator on one image so that its edit layer, composited over the image, matches the text.
 
     Args:
@@ -29,16 +106,13 @@ class ImageEditSystem(pl.LightningModule):
         self,
         generator: SkipGenerator,
         losses: LossStack,
-        optimizer: Callable[[Iterable[torch.nn.Parameter]], Optimizer],
+        optimizer: OptimizerFactory,
         lr_decay: float = 0.99,
         min_lr: float = 1e-5,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, lr_decay, min_lr)
         self.generator = generator
         self.losses = losses
-        self.optimizer_factory = optimizer
-        self.lr_decay = lr_decay
-        self.min_lr = min_lr
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Edit layer and renderings (``edit``, ``alpha``, ``edit_on_greenscreen``, ``composite``) of [N, 3, H, W]."""
@@ -56,8 +130,8 @@ class ImageEditSystem(pl.LightningModule):
 
     # training -------------------------------------------------------------------------------------------
 
-    def on_fit_start(self) -> None:
-        self.losses.guide.place(self.device)
+    def guides(self) -> list:
+        return [self.losses.guide]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         step = int(batch["step"])
@@ -65,39 +139,22 @@ class ImageEditSystem(pl.LightningModule):
         inputs = [batch["crop"]] + ([batch["image"]] if "image" in batch else [])
         outputs = [self(x) for x in inputs]
         terms = self.losses(inputs, outputs, step, g)
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad:
-            raise NonFiniteLossError(step, [b for b in bad if b != "total"] or ["total"])
+        self.check_finite(step, terms)
         self.log("loss", terms["total"].detach(), prog_bar=True, logger=False, on_step=True)
-        self._log_step(step, terms)
+        self.log_step(step, terms, {"train/bootstrap_weight": self.losses.weights(step).get("bootstrap", 0.0)})
         return terms["total"]
 
-    def _log_step(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        """Write this step's values straight to the loggers.
+    # results ----------------------------------------------------------------------------------------------
 
-        ``self.log`` would repeat the last value of a term on the steps that do not compute it (the bootstrap
-        term after bootstrapping ends) until the epoch ends, and a run is a single epoch.
-        """
-        values = torch.stack([value.detach().float() for value in terms.values()]).tolist()  # one device sync
-        metrics = {f"train/loss/{name}": value for name, value in zip(terms, values)}
-        metrics["train/bootstrap_weight"] = self.losses.weights(step).get("bootstrap", 0.0)
-        metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=step)
+    def snapshot(self, datamodule, folder: Path, step: int, loggers: list) -> None:
+        """Intermediate result: the layers of the full image in ``folder`` and an image row in TensorBoard."""
+        image = datamodule.image.to(self.device)
+        layers = self.render(image)
+        save_layers(layers, folder)
+        for logger in loggers:
+            writer = getattr(logger, "experiment", None)
+            if hasattr(writer, "add_image"):
+                writer.add_image("edit/input|edit|alpha|greenscreen|composite", layer_grid(image, layers), step)
 
-    def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(self.generator.parameters())
-        base_lr = optimizer.param_groups[0]["lr"]
-        floor = self.min_lr / base_lr if base_lr > 0 else 0.0
-        decay = self.lr_decay
-        scheduler = LambdaLR(optimizer, lambda step: max(floor, decay**step))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # checkpoints hold the generator only: CLIP and the text embeddings are rebuilt from the config --------
-
-    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in super().state_dict(*args, **kwargs).items() if k.startswith("generator.")}
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        generator_state = {k.removeprefix("generator."): v for k, v in state_dict.items() if k.startswith("generator.")}
-        return self.generator.load_state_dict(generator_state, strict=strict, assign=assign)
+    def save_results(self, datamodule, folder: Path) -> None:
+        save_layers(self.render(datamodule.image), folder)

@@ -1,4 +1,4 @@
-"""``t2l-train``: edit an image with Text2LIVE. Every config value can be overridden on the command line."""
+"""``t2l-train``: edit an image or a video with Text2LIVE. Every config value can be overridden on the command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
@@ -21,8 +22,9 @@ from text2live.callbacks import EditSnapshots
 from text2live.cli import check_overrides
 from text2live.config import CONF_DIR
 from text2live.errors import ConfigError, Text2LiveError
-from text2live.io import save_layers
-from text2live.system import ImageEditSystem
+from text2live.system import EditSystem, ImageEditSystem
+from text2live.video_data import AtlasDataModule
+from text2live.video_system import VideoEditSystem
 
 log = logging.getLogger("text2live")
 
@@ -34,12 +36,27 @@ for _message in (r"Found \d+ module\(s\) in eval mode", r"Your `IterableDataset`
     warnings.filterwarnings("ignore", message=_message)
 
 
+def is_video(cfg: dict | DictConfig) -> bool:
+    return str(cfg["data"].get("_target_", "")).endswith("AtlasDataModule")
+
+
 def _check_prompts(cfg: dict) -> None:
-    for key in PROMPT_KEYS:
-        value = cfg.get(key)
-        prompts = [value] if isinstance(value, str) else value
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ConfigError(f'{key} is empty: pass {key}="<text>" (a string or a list of strings)')
+    if not is_video(cfg):
+        blocks = [("", cfg)]
+    else:
+        layers = cfg.get("edit_layers")
+        if not isinstance(layers, list) or not all(isinstance(x, str) and isinstance(cfg.get(x), dict) for x in layers):
+            raise ConfigError(
+                f"edit_layers={layers!r} is not valid: use [foreground], [background] or [foreground,background]"
+            )
+        blocks = [(f"{layer}.", cfg[layer]) for layer in layers]
+    for prefix, block in blocks:
+        for key in PROMPT_KEYS:
+            value = block.get(key)
+            prompts = [value] if isinstance(value, str) else value
+            if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+                hint = f' (or {prefix}{key}="<text>" for this layer only)' if prefix else ""
+                raise ConfigError(f'{prefix}{key} is empty: pass {key}="<text>" (a string or a list of strings){hint}')
 
 
 def resolve_config(cfg: DictConfig) -> dict:
@@ -78,21 +95,65 @@ def instantiate(node: DictConfig, **kwargs):
         ) from None
 
 
-def build_system(cfg: DictConfig) -> tuple[ImageEditSystem, pl.LightningDataModule]:
-    """Instantiate the DataModule (the image is loaded and checked here) and the LightningModule."""
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    generator = instantiate(cfg.generator)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    guide = instantiate(cfg.clip)
-    losses = instantiate(cfg.loss, guide=guide)
+def _optimizer(cfg: DictConfig, generator: torch.nn.Module):
     optimizer = instantiate(cfg.optim.optimizer)
     try:
         optimizer(generator.parameters())  # fail now, not after CLIP is loaded and training has started
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"optim.optimizer cannot be built ({exc}): check optim.optimizer.*") from None
+    return optimizer
+
+
+def build_system(cfg: DictConfig) -> tuple[EditSystem, pl.LightningDataModule]:
+    """Instantiate the DataModule (the image or video is loaded and checked here) and the LightningModule."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    if isinstance(datamodule, AtlasDataModule):
+        return _build_video_system(cfg, datamodule), datamodule
+    generator = instantiate(cfg.generator)
+    datamodule.setup("fit")
+    guide = instantiate(cfg.clip)
+    losses = instantiate(cfg.loss, guide=guide)
+    optimizer = _optimizer(cfg, generator)
     system = ImageEditSystem(generator, losses, optimizer, lr_decay=cfg.optim.lr_decay, min_lr=cfg.optim.min_lr)
     return system, datamodule
+
+
+def _build_video_system(cfg: DictConfig, datamodule: AtlasDataModule) -> VideoEditSystem:
+    """One generator and one loss stack per edited layer; the stacks share one CLIP.
+
+    Bootstrapping applies to the layers that name a ``bootstrap_text``.
+    """
+    layers = list(cfg.edit_layers)
+    generators = {layer: instantiate(cfg.generator) for layer in layers}
+    bootstrapping = cfg.loss.bootstrap_steps > 0 and cfg.loss.lambda_bootstrap > 0
+    if bootstrapping and not any(cfg[layer].bootstrap_text for layer in layers):
+        raise ConfigError(
+            "bootstrapping is on (loss.bootstrap_steps > 0) but no edited layer has a bootstrap_text: set "
+            "bootstrap_text=<the object to edit> (or <layer>.bootstrap_text) or loss.bootstrap_steps=0"
+        )
+    guide = instantiate(cfg.clip)
+    losses = {}
+    for layer in layers:
+        prompts = {key: cfg[layer][key] for key in (*PROMPT_KEYS, "bootstrap_text")}
+        if not prompts["bootstrap_text"]:
+            prompts["bootstrap_steps"] = 0
+        losses[layer] = instantiate(cfg.loss, guide=guide, **prompts)
+    optimizer = _optimizer(cfg, torch.nn.ModuleList(generators.values()))
+    datamodule.setup("fit")  # last: evaluating the NLA maps is the slow part
+    video = cfg.video
+    return VideoEditSystem(
+        generators,
+        losses,
+        optimizer,
+        lr_decay=cfg.optim.lr_decay,
+        min_lr=cfg.optim.min_lr,
+        multiply_foreground_alpha=video.multiply_foreground_alpha,
+        mask_structure_input=video.mask_structure_input,
+        alpha_once=video.alpha_once,
+        align_corners=video.align_corners,
+        fps=video.fps,
+    )
 
 
 def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
@@ -134,8 +195,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
         return run_dir
 
     system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
-    layers = system.render(datamodule.image)
-    save_layers(layers, run_dir)
+    system.save_results(datamodule, run_dir)
     trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT)
     (run_dir / runs.DONE_FILE).write_text(f"{trainer.global_step} steps\n")
     log.info("finished %s", run_dir)
