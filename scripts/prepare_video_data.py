@@ -6,7 +6,7 @@
 The video experiments read, under the data folder (`data_dir=`, default `data`):
 
     <data_dir>/videos/<video>/*.jpg|*.png                 the frames, sorted by name (resized when loaded)
-    <data_dir>/pretrained_nla_models/<video>/checkpoint   the video's NLA checkpoint
+    <data_dir>/pretrained_nla_models/<video>/checkpoint   the video's NLA checkpoint (and NLA's config.json, if any)
     <data_dir>/images/                                    the image examples' photos (horse.jpg, cake.jpeg)
 
 --source is a folder or a .zip archive in one of two layouts, found with or without a leading data/ folder:
@@ -19,11 +19,13 @@ The video experiments read, under the data folder (`data_dir=`, default `data`):
          data/<video>/images/*.jpg   data/<video>/pretrained_nla_models/checkpoint   .../config.json
 
 The reference videos and the number of frames their experiments use, which their NLA was trained on: blackswan 50,
-car-turn 70, libby 49, lucia 70 (a video may hold more frames: the first ones are used). Every video is checked
-before anything is written: enough frames, all of one size, a checkpoint that loads, and, where NLA's config.json
-came along, the frame count it was trained on. From a zip only the files needed are extracted. A destination file
-identical to its source is left as it is, so running the script again is harmless; one that differs is replaced
-only with --force.
+car-turn 70, libby 49, lucia 70 (a video may hold more frames: the first ones are used).
+
+Every video is checked before anything is written: enough frames, all of one size, a checkpoint that
+text2live.nla.load_nla accepts (the four NLA networks, of NLA's default sizes) and, where NLA's config.json came
+along, the frame count NLA was trained on. From a zip only the files needed are extracted. A destination file
+identical to its source is left as it is, so running the script again is harmless; one that differs (and a frame
+that the source lacks) is replaced (removed) only with --force. Errors are one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -43,8 +46,6 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from text2live.errors import InputError
-from text2live.io import FRAME_SUFFIXES
-from text2live.nla import CHECKPOINT_KEYS, load_nla
 
 # Reference video -> the number of frames its experiments use (NLA was trained on exactly these).
 NUM_FRAMES = {"blackswan": 50, "car-turn": 70, "libby": 49, "lucia": 70}
@@ -55,6 +56,9 @@ EXPERIMENTS = {
     "lucia": ("fog", "winter", "wonderland"),
 }
 IMAGE_EXPERIMENTS = {"horse.jpg": "golden_horse", "cake.jpeg": "ice_cake"}
+# The frames text2live.io.list_frames reads (a test keeps the two equal): importing text2live.io here would load
+# torch and torchvision, seconds that --help and bad arguments should not wait for.
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 NLA_RESOLUTION = (768, 432)  # (resx, resy): the frame size the reference's NLA models were trained at
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 CHUNK = 1 << 20
@@ -95,6 +99,9 @@ class FolderSource:
 
     def local(self, rel: str) -> Path | None:
         return self.path / rel
+
+    def close(self) -> None:
+        pass
 
 
 class ZipSource:
@@ -141,6 +148,9 @@ class ZipSource:
 
     def local(self, rel: str) -> Path | None:
         return None
+
+    def close(self) -> None:
+        self.zip.close()
 
 
 Source = FolderSource | ZipSource
@@ -232,7 +242,7 @@ def check_frames(source: Source, video: Video) -> None:
     if len(video.frames) < need:
         raise PrepareError(
             f"{video.name}: {source.show(video.frames_dir)} holds {len(video.frames)} frames (jpg/png) but its "
-            f"experiments need {need}: pass a source with the whole video"
+            f"experiments need {need}: pass a source with the whole video, or leave {video.name} out with --videos"
         )
     first: tuple[str, tuple[int, int]] | None = None
     for name in video.frames:
@@ -254,28 +264,25 @@ def check_frames(source: Source, video: Video) -> None:
 
 def check_checkpoint(source: Source, video: Video) -> None:
     """Load the checkpoint through ``load_nla`` (keys and shapes); a zip member is extracted to a temporary file."""
+    from text2live.nla import load_nla  # imports torch: only once there is a checkpoint to check
+
     with source.open(video.checkpoint) as f:
         if f.read(len(LFS_POINTER)) == LFS_POINTER:
             raise PrepareError(
                 f"{video.name}: {source.show(video.checkpoint)} is a Git LFS pointer, not the checkpoint: run "
                 "`git lfs pull` in the clone first"
             )
-    num_frames = NUM_FRAMES[video.name]
-    local = source.local(video.checkpoint)
-    try:
-        if local is not None:
-            load_nla(local, num_frames)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = source.local(video.checkpoint)
+        if path is None:
             path = Path(tmp) / "checkpoint"
             with source.open(video.checkpoint) as src, path.open("wb") as dst:
                 shutil.copyfileobj(src, dst, CHUNK)
-            try:
-                load_nla(path, num_frames)
-            except InputError as exc:
-                raise InputError(str(exc).replace(str(path), source.show(video.checkpoint))) from None
-    except InputError as exc:
-        raise PrepareError(f"{video.name}: {exc}") from None
+        try:
+            load_nla(path, NUM_FRAMES[video.name])
+        except InputError as exc:
+            message = str(exc).replace(str(path), source.show(video.checkpoint))
+            raise PrepareError(f"{video.name}: {message}") from None
 
 
 def check_config(source: Source, video: Video) -> list[str]:
@@ -377,12 +384,7 @@ def _summary(items: list[Transfer], link: bool, removed: int = 0) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    keys = ", ".join(f"{key} ({name})" for key, name in CHECKPOINT_KEYS.items())
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"An NLA checkpoint is a torch.save'd dict with the keys {keys}.",
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, required=True, help="the data.zip, its extracted folder, or the clone")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where to lay out (default: data)")
     parser.add_argument("--videos", nargs="+", metavar="VIDEO", help=f"only these ({', '.join(NUM_FRAMES)})")
@@ -398,7 +400,7 @@ def select_videos(source: Source, layout: Layout, asked: list[str] | None) -> li
     unknown = [v for v in wanted if v not in NUM_FRAMES]
     if unknown:
         raise PrepareError(
-            f"--videos: {', '.join(unknown)} is no reference video; choose among {', '.join(NUM_FRAMES)}"
+            f"--videos: unknown video {', '.join(unknown)}; the reference videos are {', '.join(NUM_FRAMES)}"
         )
     absent = [v for v in wanted if v not in layout.videos]
     if absent:
@@ -458,7 +460,11 @@ def runnable(videos: list[str], data_dir: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = open_source(args.source.expanduser())
+    with closing(open_source(args.source.expanduser())) as source:
+        return lay_out(source, args)
+
+
+def lay_out(source: Source, args: argparse.Namespace) -> int:
     if args.link and isinstance(source, ZipSource):
         raise PrepareError(f"--link needs a folder source, not {source.path}: drop --link, or unzip it and link")
     layout = detect_layout(source)

@@ -79,8 +79,11 @@ def tiny_cfg(tmp_path: Path, small_cat: Path):
 
 VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH = 5, 36, 64
 
-# Overrides that fit the video path to the synthetic video (on top of TINY).
+# The whole tiny override list of a video run on the synthetic video: TINY without its image-data keys, plus
+# the atlas data's sizes. Use it instead of TINY (not on top of it): `data.resize_input` is not a key of the
+# atlas data, so TINY + VIDEO_TINY does not compose.
 VIDEO_TINY = [
+    *(o for o in TINY if not o.startswith("data.")),
     "data.height=36",
     "data.width=64",
     "data.grid_resolution=200",
@@ -134,6 +137,6 @@ def tiny_video_cfg(tmp_path: Path, synthetic_video):
             "screen_text=golden",
             f"run_dir={tmp_path / run}",
         ]
-        return compose_config(base + TINY + VIDEO_TINY + list(extra))
+        return compose_config(base + VIDEO_TINY + list(extra))
 
     return make

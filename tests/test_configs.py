@@ -11,7 +11,7 @@ import clip
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import TINY, compose_config
+from conftest import TINY, VIDEO_FRAMES, VIDEO_TINY, compose_config
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -24,6 +24,8 @@ from text2live.generator import SkipGenerator
 from text2live.losses import LossStack
 from text2live.system import ImageEditSystem
 from text2live.train import build_system
+from text2live.video_data import AtlasDataModule
+from text2live.video_system import VideoEditSystem
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -31,11 +33,32 @@ OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group
 NOT_SHIPPED = {"golden_horse": "images/horse.jpg", "ice_cake": "images/cake.jpeg"}
 
 
-def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path) -> DictConfig:
+# options that need a video's inputs (the synthetic one), and the experiment that provides its keys
+VIDEO_OPTIONS = {("data", "atlas"), ("experiment", "video")}
+VIDEO_EXAMPLES = {
+    p.stem: p.stem.split("_")[0]
+    for p in (CONF_DIR / "experiment").glob("*.yaml")
+    if p.stem.split("_")[0] in ("blackswan", "car-turn", "libby", "lucia")
+}
+
+
+def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path, video=None) -> DictConfig:
     """TINY with ``group=option`` instead of TINY's own choices for that group (those could be other keys)."""
-    tiny = [o for o in TINY if not o.startswith((f"{group}=", f"{group}."))]
+    if (group, option) in VIDEO_OPTIONS or option in VIDEO_EXAMPLES:
+        tiny = VIDEO_TINY  # made for these options
+    else:
+        tiny = [o for o in TINY if not o.startswith((f"{group}=", f"{group}."))]
     inputs = [f"image_path={small_cat}", "comp_text=golden cat", "src_text=cat", "screen_text=golden"]
-    if group == "experiment":
+    if (group, option) in VIDEO_OPTIONS:
+        checkpoint, frames = video
+        inputs = [
+            "experiment=video",
+            f"nla_checkpoint={checkpoint}",
+            f"frames_dir={frames}",
+            f"num_frames={VIDEO_FRAMES}",
+            *inputs[1:],
+        ]
+    elif group == "experiment":
         inputs = []  # the experiment sets them
     where = [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
     return compose_config([*tiny, *inputs, *where, f"{group}={option}"])
@@ -97,6 +120,12 @@ def check_loss(cfg: DictConfig, guide: ClipGuide, **_) -> None:
 
 def check_data(cfg: DictConfig, **_) -> None:
     datamodule = instantiate(cfg.data)
+    if isinstance(datamodule, AtlasDataModule):
+        datamodule.setup("fit")
+        assert tuple(datamodule.video.shape) == (VIDEO_FRAMES, 3, cfg.data.height, cfg.data.width)
+        assert list(datamodule.layers) == list(cfg.edit_layers) == ["foreground"]
+        assert datamodule.steps == cfg.steps == 3 and datamodule.min_side == 17
+        return
     assert isinstance(datamodule, ImageDataModule)
     datamodule.setup("fit")
     size = cfg.data.resize_input
@@ -138,6 +167,24 @@ def check_fidelity(cfg: DictConfig, guide: ClipGuide, **_) -> None:
 
 def check_experiment(cfg: DictConfig, tmp_path: Path, option: str, **_) -> None:
     assert cfg.name == option
+    if option == "video":
+        system, _ = build_system(cfg)
+        assert isinstance(system, VideoEditSystem) and list(system.generators) == ["foreground"]
+        return
+    if option in VIDEO_EXAMPLES:
+        video = VIDEO_EXAMPLES[option]
+        frames = tmp_path / "data" / "videos" / video
+        assert cfg.frames_dir == str(frames)
+        assert cfg.nla_checkpoint == str(tmp_path / "data" / "pretrained_nla_models" / video / "checkpoint")
+        assert cfg.num_frames == {"blackswan": 50, "libby": 49, "car-turn": 70, "lucia": 70}[video]
+        plain = compose_config([f"experiment={option}"])  # the example's own settings, without TINY
+        assert plain.steps == (1500 if option == "car-turn_nighttime" else 3000)
+        assert (plain.loss.n_aug, plain.optim.lr_decay, plain.log_images_freq) == (6, 0.999, 500)
+        assert plain.clip.name == "ViT-B/32" and plain.data.grid_resolution == 2000
+        with pytest.raises(InputError) as exc:
+            build_system(cfg)
+        assert f"frames_dir={frames} is not a folder" in str(exc.value)
+        return
     if option in NOT_SHIPPED:
         missing = tmp_path / "data" / NOT_SHIPPED[option]
         assert cfg.image_path == str(missing)
@@ -174,8 +221,8 @@ def check_other(cfg: DictConfig, group: str, **_) -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes_and_instantiates(group, option, tmp_path, small_cat, tiny_guide):
-    cfg = compose_option(group, option, tmp_path, small_cat)
+def test_every_option_composes_and_instantiates(group, option, tmp_path, small_cat, tiny_guide, synthetic_video):
+    cfg = compose_option(group, option, tmp_path, small_cat, synthetic_video)
     CHECKS.get(group, check_other)(cfg, guide=tiny_guide, tmp_path=tmp_path, option=option, group=group)
 
 
@@ -203,7 +250,15 @@ def test_fidelity_corrected_flips_exactly_the_reference_bugs():
     default, corrected = flat(compose_config([])), flat(compose_config(["fidelity=corrected"]))
     assert default == flat(compose_config(["fidelity=reference"]))
     changed = {k for k in default.keys() | corrected.keys() if default.get(k) != corrected.get(k)}
-    assert changed == {"clip.swap_pos_embed_hw", "clip.relevancy_name", "loss.bootstrap_sum_outputs"}
+    assert changed == {
+        "clip.swap_pos_embed_hw",
+        "clip.relevancy_name",
+        "loss.bootstrap_sum_outputs",
+        "video.mask_structure_input",
+        "video.alpha_once",
+    }
+    assert (default["video.mask_structure_input"], default["video.alpha_once"]) == (False, False)
+    assert (corrected["video.mask_structure_input"], corrected["video.alpha_once"]) == (True, True)
     assert (default["clip.swap_pos_embed_hw"], corrected["clip.swap_pos_embed_hw"]) == (True, False)
     assert (default["clip.relevancy_name"], corrected["clip.relevancy_name"]) == ("ViT-B/32", None)
     assert (default["loss.bootstrap_sum_outputs"], corrected["loss.bootstrap_sum_outputs"]) == (False, True)

@@ -1,4 +1,7 @@
-"""``t2l-render run_dir=<run>``: apply a finished run's generator to its image (or another) without training."""
+"""``t2l-render run_dir=<run>``: apply a finished run's generator(s) without training.
+
+An image run's generator edits its image or another one; a video run's generators re-render its video.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from pathlib import Path
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import runs
@@ -16,10 +18,12 @@ from text2live.config import CONF_DIR
 from text2live.errors import InputError, Text2LiveError
 from text2live.generator import SkipGenerator, render_layers
 from text2live.io import load_image, save_layers
+from text2live.train import instantiate, is_video
+from text2live.video_system import compose_video, render_layer, save_video_results
 
 
-def load_generator(run_dir: Path, device: torch.device | str = "cpu") -> tuple[SkipGenerator, DictConfig]:
-    """The trained generator of a run (``final.ckpt``, else ``last.ckpt``) and the run's config."""
+def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], DictConfig]:
+    """The trained weights of a run (``final.ckpt``, else ``last.ckpt``) and the run's config."""
     config_path = run_dir / runs.CONFIG_FILE
     if not config_path.is_file():
         raise InputError(f"{run_dir} is not a text2live run folder (no {runs.CONFIG_FILE}): pass run_dir=<run folder>")
@@ -28,13 +32,22 @@ def load_generator(run_dir: Path, device: torch.device | str = "cpu") -> tuple[S
     for name in (runs.FINAL_CHECKPOINT, runs.LAST_CHECKPOINT):
         if (ckpt_dir / name).is_file():
             checkpoint = torch.load(ckpt_dir / name, map_location="cpu", weights_only=False)
-            break
-    else:
-        raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+            return checkpoint["state_dict"], cfg
+    raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+
+
+def _generator(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str) -> SkipGenerator:
     generator = instantiate(cfg.generator)
-    state = {k.removeprefix("generator."): v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
-    generator.load_state_dict(state)
-    return generator.to(device), cfg
+    generator.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+    return generator
+
+
+def load_generator(run_dir: Path, device: torch.device | str = "cpu") -> tuple[SkipGenerator, DictConfig]:
+    """The trained generator of an image run and the run's config."""
+    state, cfg = load_run(run_dir)
+    if is_video(cfg):
+        raise InputError(f"{run_dir} is a video run: it has one generator per layer (use render_video_run)")
+    return _generator(cfg, state, "generator.").to(device), cfg
 
 
 @torch.no_grad()
@@ -46,9 +59,35 @@ def render_image(generator: SkipGenerator, image: torch.Tensor) -> dict[str, tor
     return render_layers(generator(image), image)
 
 
+def render_video_run(run_dir: Path, out_dir: str | Path | None = None) -> Path:
+    """Re-render a video run: its layers' atlases, RGBA frames, alpha and greenscreen videos, the edited video."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state, cfg = load_run(run_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("predict")
+    rendered = {
+        layer: render_layer(
+            _generator(cfg, state, f"generators.{layer}.").to(device),
+            datamodule.layers[layer],
+            cfg.video.align_corners,
+            device,
+        )
+        for layer in cfg.edit_layers
+    }
+    composed = compose_video(datamodule.video, datamodule.alpha, {k: v["rgba"] for k, v in rendered.items()})
+    out = Path(out_dir) if out_dir else run_dir / "render"
+    save_video_results(rendered, composed, datamodule.layers, out, cfg.video.fps)
+    return out
+
+
 def render(run_dir: str | Path, image_path: str | None = None, out_dir: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    _, cfg = load_run(run_dir)
+    if is_video(cfg):
+        if image_path:
+            raise InputError(f"{run_dir} is a video run: it re-renders its own video; drop image_path=")
+        return render_video_run(run_dir, out_dir)
     generator, cfg = load_generator(run_dir, device)
     path = image_path or cfg.image_path
     image = load_image(path, cfg.data.resize_input)[None]
