@@ -110,7 +110,10 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 def list_frames(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise InputError(f"frames_dir={folder} is not a folder: pass the folder that holds the video's frames")
+        raise InputError(
+            f"frames_dir={folder} is not a folder: pass the folder that holds the video's frames (for the examples, "
+            "scripts/prepare_video_data.py lays them out under data_dir)"
+        )
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
 
 

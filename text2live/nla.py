@@ -158,7 +158,11 @@ def load_nla(path: str | os.PathLike, num_frames: int, height: int = 432, width:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise InputError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {reason}): pass the NLA "
+            "checkpoint file (pretrained_nla_models/<video>/checkpoint)"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise InputError(f"{path} holds a {type(checkpoint).__name__}, not an NLA checkpoint dictionary")
     nla = NeuralAtlases(num_frames, height, width)

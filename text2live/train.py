@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -67,6 +68,10 @@ def resolve_config(cfg: DictConfig) -> dict:
         key = exc.full_key or "a value"
         raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
     except OmegaConfBaseException as exc:
+        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+        if missing:
+            key = missing.group(1)
+            raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
         key = getattr(exc, "full_key", None) or "the config"
         reason = str(exc).strip().splitlines()[0]
         raise ConfigError(
