@@ -71,7 +71,8 @@ def resolve_config(cfg: DictConfig) -> dict:
         missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
         if missing:
             key = missing.group(1)
-            raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
+            hint = "on the command line or choose an experiment="
+            raise ConfigError(f"{key} is not set: pass {key}=... {hint}") from None
         key = getattr(exc, "full_key", None) or "the config"
         reason = str(exc).strip().splitlines()[0]
         raise ConfigError(
