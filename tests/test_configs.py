@@ -200,6 +200,29 @@ def check_experiment(cfg: DictConfig, tmp_path: Path, option: str, **_) -> None:
     assert system.losses.comp_e.shape[0] == rows
 
 
+def check_ablation(cfg: DictConfig, option: str, **_) -> None:
+    """An ablation removes exactly what its name says from the full method."""
+    full = compose_config(["experiment=golden_horse"])  # bootstraps, so every ablation removes something
+    ablated = compose_config(["experiment=golden_horse", f"ablation={option}"])
+    removed = {
+        "none": {},
+        "no_bootstrap": {"loss.bootstrap_steps": 0},
+        "no_sparsity": {"loss.lambda_sparsity": 0.0},
+        "no_structure": {"loss.lambda_structure": 0.0},
+        "no_screen": {"loss.lambda_screen": 0.0},
+        "no_crops": {"data.full_input": True},
+    }[option]
+    assert {k for k, v in flat(full).items() if flat(ablated).get(k) != v} == set(removed)
+    for key, value in removed.items():
+        assert OmegaConf.select(ablated, key) == value != OmegaConf.select(full, key)
+    if option == "no_crops":
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        datamodule.trainer = None
+        sample = next(iter(datamodule.train_dataloader()))
+        assert torch.equal(sample["crop"], datamodule.image) and "image" not in sample
+
+
 CHECKS = {
     "generator": check_generator,
     "clip": check_clip,
@@ -210,6 +233,7 @@ CHECKS = {
     "logger": check_logger,
     "fidelity": check_fidelity,
     "experiment": check_experiment,
+    "ablation": check_ablation,
 }
 
 

@@ -80,7 +80,7 @@ class ImageSteps(IterableDataset):
     """
 
     def __init__(
-        self, image: torch.Tensor, crops: ImageCrops, seed: int, start: int, stop: int, source_image_every: int
+        self, image: torch.Tensor, crops: ImageCrops | None, seed: int, start: int, stop: int, source_image_every: int
     ) -> None:
         self.image, self.crops, self.seed = image, crops, seed
         self.start, self.stop, self.source_image_every = start, stop, source_image_every
@@ -90,7 +90,8 @@ class ImageSteps(IterableDataset):
 
     def sample(self, step: int) -> dict:
         g = torch.Generator().manual_seed(step_seed(self.seed, step, DATA_STREAM))
-        sample = {"step": step, "seed": step_seed(self.seed, step, LOSS_STREAM), "crop": self.crops(self.image, g)}
+        crop = self.image if self.crops is None else self.crops(self.image, g)
+        sample = {"step": step, "seed": step_seed(self.seed, step, LOSS_STREAM), "crop": crop}
         if self.source_image_every > 0 and step % self.source_image_every == 0:
             sample["image"] = self.image
         return sample
@@ -109,6 +110,7 @@ class ImageDataModule(pl.LightningDataModule):
         steps: number of optimisation steps.
         seed: the run's seed.
         source_image_every: add the full image as a second output every this many steps (0: never).
+        full_input: train on the full image only, without crops (the "no internal crops" ablation).
         min_side: smallest side the generator accepts; crops are checked against it.
         crops: the input crop distribution.
     """
@@ -122,6 +124,7 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 0,
         source_image_every: int = 75,
         min_side: int = 129,
+        full_input: bool = False,
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -131,7 +134,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.resize_input = resize_input
         self.steps = steps
         self.seed = seed
-        self.source_image_every = source_image_every
+        self.source_image_every = 0 if full_input else source_image_every
+        self.full_input = full_input
         self.min_side = min_side
         self.image: torch.Tensor | None = None
 
@@ -142,15 +146,17 @@ class ImageDataModule(pl.LightningDataModule):
             raise ConfigError("image_path is not set: pass image_path=<image file> or an experiment=<name>")
         image = load_image(self.image_path, self.resize_input)[None]
         h, w = image.shape[-2:]
-        if min(h, w) < self.min_side or self.crops.smallest_side(min(h, w)) < self.min_side:
+        smallest = min(h, w) if self.full_input else self.crops.smallest_side(min(h, w))
+        if min(h, w) < self.min_side or smallest < self.min_side:
             raise InputError(
                 f"{self.image_path} is {w}x{h} pixels but its training crops can be as small as "
-                f"{self.crops.smallest_side(min(h, w))} px and the generator needs at least {self.min_side}: use a "
+                f"{smallest} px and the generator needs at least {self.min_side}: use a "
                 "larger image or set resize_input (e.g. 512)"
             )
         self.image = image
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step if self.trainer is not None else 0
-        steps = ImageSteps(self.image, self.crops, self.seed, start, self.steps, self.source_image_every)
+        crops = None if self.full_input else self.crops
+        steps = ImageSteps(self.image, crops, self.seed, start, self.steps, self.source_image_every)
         return DataLoader(steps, batch_size=None, num_workers=0)

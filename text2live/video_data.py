@@ -279,6 +279,8 @@ class AtlasDataModule(pl.LightningDataModule):
         entire_atlas_every: the whole atlas is an extra output on steps ``k * N - 1`` (0: never).
         background_atlas_downscale: the whole background atlas is downscaled by this factor for that output.
         min_side: the smallest side the generator accepts.
+        full_input: the "no internal crops" ablation: whole frames (background) or whole alpha boxes
+            (foreground), without flip or jitter.
     """
 
     def __init__(
@@ -302,8 +304,11 @@ class AtlasDataModule(pl.LightningDataModule):
         entire_atlas_every: int = 75,
         background_atlas_downscale: int = 3,
         min_side: int = 129,
+        full_input: bool = False,
     ) -> None:
         super().__init__()
+        if full_input:
+            crop_min_cover, flip_p, jitter_p = 1.0, 0.0, 0.0
         edit_layers = list(edit_layers)
         bad = [layer for layer in edit_layers if layer not in LAYERS]
         if not edit_layers or bad or len(set(edit_layers)) != len(edit_layers):
@@ -334,7 +339,7 @@ class AtlasDataModule(pl.LightningDataModule):
         self.frame_distance, self.flip_p, self.jitter_p = frame_distance, flip_p, jitter_p
         self.crop_min_cover, self.mask_threshold, self.mask_border = crop_min_cover, mask_threshold, mask_border
         self.entire_atlas_every, self.background_atlas_downscale = entire_atlas_every, background_atlas_downscale
-        self.min_side = min_side
+        self.min_side, self.full_input = min_side, full_input
         self.video: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
