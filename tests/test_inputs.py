@@ -93,7 +93,7 @@ def test_missing_prompt_is_a_config_error(small_cat, tmp_path):
     with pytest.raises(ConfigError) as exc:
         train(cfg)
     assert one_sentence(exc) == (
-        "comp_text is not set: pass comp_text=... on the command line or choose an experiment="
+        "comp_text is not set: pass comp_text=... on the command line (or choose an experiment= that sets it)"
     )
     assert not (tmp_path / "r").exists()
 

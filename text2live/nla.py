@@ -7,8 +7,10 @@ foreground opacity (x, y, t -> alpha). SPEC section 5 lists their sizes and the 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from text2live.errors import InputError
+
+log = logging.getLogger("text2live")
 
 # Checkpoint key -> the network it holds.
 CHECKPOINT_KEYS = {
@@ -112,6 +116,11 @@ class NeuralAtlases(nn.Module):
                 "NLA's training wrote (e.g. pretrained_nla_models/<video>/checkpoint)"
             )
         for key, net in self.networks().items():
+            if not isinstance(checkpoint[key], dict):
+                raise InputError(
+                    f"{source}: {key} holds a {type(checkpoint[key]).__name__}, not the state dict of NLA's "
+                    f"{CHECKPOINT_KEYS[key]} network; pass a checkpoint written by NLA's training"
+                )
             try:
                 net.load_state_dict(checkpoint[key])
             except RuntimeError as exc:
@@ -150,13 +159,22 @@ class NeuralAtlases(nn.Module):
 def load_nla(path: str | os.PathLike, num_frames: int, height: int = 432, width: int = 768) -> NeuralAtlases:
     """Load an NLA checkpoint on the CPU, checking its keys and shapes."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(
+            f"nla_checkpoint={path} is a folder: pass the checkpoint file inside it (e.g. {path / 'checkpoint'})"
+        )
     if not path.is_file():
         raise InputError(
             f"nla_checkpoint={path} does not exist: pass the NLA checkpoint of the video, or lay out the example "
             "data with scripts/prepare_video_data.py"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # NLA's own checkpoints hold only tensors and numbers; older files may pickle other objects.
+            log.warning("%s holds Python objects besides tensors: loading it with full unpickling", path)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         raise InputError(

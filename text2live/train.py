@@ -66,12 +66,14 @@ def resolve_config(cfg: DictConfig) -> dict:
         return runs.resolved(cfg)
     except MissingMandatoryValue as exc:
         key = exc.full_key or "a value"
-        raise ConfigError(f"{key} is not set: pass {key}=... on the command line or choose an experiment=") from None
+        raise ConfigError(
+            f"{key} is not set: pass {key}=... on the command line (or choose an experiment= that sets it)"
+        ) from None
     except OmegaConfBaseException as exc:
         missing = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
         if missing:
             key = missing.group(1)
-            hint = "on the command line or choose an experiment="
+            hint = "on the command line (or choose an experiment= that sets it)"
             raise ConfigError(f"{key} is not set: pass {key}=... {hint}") from None
         key = getattr(exc, "full_key", None) or "the config"
         reason = str(exc).strip().splitlines()[0]

@@ -113,19 +113,28 @@ def mask_boundaries(alpha: torch.Tensor, border: int, threshold: float, min_size
             )
         top, left = max(int(ys.min()) - border, 0), max(int(xs.min()) - border, 0)
         bottom, right = min(int(ys.max()) + border, height), min(int(xs.max()) + border, width)
-        if bottom - top < min_size:
-            pad = min_size - (bottom - top)
-            top, bottom = (top - pad, bottom) if bottom + pad > height else (top, bottom + pad)
-        if right - left < min_size:
-            pad = min_size - (right - left)
-            left, right = (left - pad, right) if right + pad > width else (left, right + pad)
-        if top < 0 or left < 0:
+        top, bottom = _grow(top, bottom, min_size, height)
+        left, right = _grow(left, right, min_size, width)
+        if bottom - top < min_size or right - left < min_size:
             raise InputError(
                 f"frames of {width}x{height} px are too small for crops of at least {min_size} px: use larger "
                 "frames (data.width, data.height) or a generator with fewer scales"
             )
         boxes[t] = torch.tensor([top, left, bottom - top, right - left])
     return boxes
+
+
+def _grow(start: int, stop: int, size: int, limit: int) -> tuple[int, int]:
+    """Grow [start, stop) to ``size``: downward if it fits (as the reference), else upward, clipped to [0, limit)."""
+    pad = size - (stop - start)
+    if pad <= 0:
+        return start, stop
+    if stop + pad <= limit:
+        return start, stop + pad
+    start -= pad
+    if start < 0:  # the reference would go out of the frame here
+        start, stop = 0, min(limit, stop - start)
+    return start, stop
 
 
 def foreground_window(boundaries: torch.Tensor, uvs: torch.Tensor) -> tuple[int, int, int, int]:
