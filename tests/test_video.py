@@ -8,6 +8,7 @@ for it and then finds it finished (``train`` skips a run whose folder holds ``DO
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -239,8 +240,11 @@ def test_run_folder_holds_every_output(request, name, layers, fps):
         "DONE",
         "edited.mp4",
         "edited.gif",
+        "metrics.json",
         *layers,
     }
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert {f"{layer}/clip_score" for layer in layers} <= set(metrics) and "frame_consistency" in metrics
     for layer in layers:
         check_layer_outputs(run_dir, layer, fps)
     check_edited_video(run_dir, fps)

@@ -16,7 +16,7 @@ LAST_CHECKPOINT = "last.ckpt"
 FINAL_CHECKPOINT = "final.ckpt"
 
 # Keys that may change between a run and its resumption without changing what it computes.
-PRESENTATION_KEYS = ("run_dir", "log_images_freq", "checkpoint_every", "trainer", "logger")
+PRESENTATION_KEYS = ("run_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger")
 
 
 def resolved(cfg: DictConfig) -> dict:

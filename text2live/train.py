@@ -205,6 +205,11 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
     system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
     system.save_results(datamodule, run_dir)
     trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT)
+    if cfg.get("evaluate", True):
+        from text2live.evaluate import evaluate_run  # imports the renderers, which import this module
+
+        log.info("evaluating %s", run_dir)
+        evaluate_run(run_dir)
     (run_dir / runs.DONE_FILE).write_text(f"{trainer.global_step} steps\n")
     log.info("finished %s", run_dir)
     return run_dir
