@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY, VIDEO_FRAMES, VIDEO_TINY, compose_config
+from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -60,8 +61,11 @@ def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path, vid
         ]
     elif group == "experiment":
         inputs = []  # the experiment sets them
+    elif group == "sweep":
+        inputs = []  # a sweep chooses its experiment
     where = [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
-    return compose_config([*tiny, *inputs, *where, f"{group}={option}"])
+    choice = f"+{group}={option}" if group == "sweep" else f"{group}={option}"  # sweeps are added: +sweep=fur
+    return compose_config([*tiny, *inputs, *where, choice])
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +196,12 @@ def check_experiment(cfg: DictConfig, tmp_path: Path, option: str, **_) -> None:
             build_system(cfg)
         assert f"image_path={missing} does not exist" in str(exc.value)
         return
+    if option == "study":  # the base of the study subjects: a subject must be chosen
+        assert OmegaConf.is_missing(cfg, "subject") and OmegaConf.is_missing(cfg, "image_path")
+        return
+    if option.startswith("study_"):
+        assert cfg.comp_text == f"{cfg.edit} {cfg.subject}" and cfg.screen_text == cfg.edit
+        assert Path(cfg.image_path).is_file() and cfg.image_path == cfg.study_images[option.removeprefix("study_")]
     system, datamodule = build_system(cfg)
     assert isinstance(system, ImageEditSystem)
     assert min(datamodule.image.shape[-2:]) == 96
@@ -223,6 +233,24 @@ def check_ablation(cfg: DictConfig, option: str, **_) -> None:
         assert torch.equal(sample["crop"], datamodule.image) and "image" not in sample
 
 
+def check_sweep(cfg: DictConfig, option: str, **_) -> None:
+    """A sweep composes, names its folder, and every value of its grid composes into a buildable run."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("train", overrides=[f"+sweep={option}"], return_hydra_config=True)
+    assert full.hydra.sweep.dir == f"outputs/sweeps/{option}"
+    params = {key: str(values).split(",") for key, values in full.hydra.sweeper.params.items()}
+    assert params["seed"] == ["0", "1", "2"]  # seed repeats for every cell
+    assert "experiment" in params and len(params) >= 3
+    if option == "faces":
+        assert cfg.loss.lambda_structure == 8.0
+    first = [f"{key}={values[0]}" for key, values in params.items()]
+    last = [f"{key}={values[-1]}" for key, values in params.items()]
+    tiny = [o for o in TINY if not o.startswith("seed")]
+    for cell in (first, last):
+        run = compose_config([*tiny, f"+sweep={option}", *cell])
+        build_system(run)
+
+
 CHECKS = {
     "generator": check_generator,
     "clip": check_clip,
@@ -234,6 +262,7 @@ CHECKS = {
     "fidelity": check_fidelity,
     "experiment": check_experiment,
     "ablation": check_ablation,
+    "sweep": check_sweep,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from text2live.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "DONE"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
@@ -73,7 +75,11 @@ def git_revision() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def write_run_info(run_dir: Path, cfg: dict) -> None:
+def write_run_info(run_dir: Path, cfg: dict, overrides: Sequence[str] = ()) -> None:
+    """The resolved config, the code revision and the command-line overrides (``key=value`` strings; the
+    tables of a sweep group its runs by them)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     (run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("run_dir",)]
+    (run_dir / OVERRIDES_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(kept)))

@@ -12,9 +12,11 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -164,7 +166,7 @@ def _build_video_system(cfg: DictConfig, datamodule: AtlasDataModule) -> VideoEd
     )
 
 
-def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
+def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Sequence[str] = ()) -> Path:
     """Run (or resume, or skip if finished) the edit described by ``cfg``; returns the run folder.
 
     The folder ends with ``DONE`` only after every output is written; until then re-running the same
@@ -180,7 +182,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
         return run_dir
 
     system, datamodule = build_system(cfg)
-    runs.write_run_info(run_dir, plain)
+    runs.write_run_info(run_dir, plain, overrides)
 
     ckpt_dir = run_dir / runs.CHECKPOINT_DIR
     last = ckpt_dir / runs.LAST_CHECKPOINT
@@ -217,8 +219,13 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        # a job run in-process by a launcher (basic, submitit, ray): its run folder is its sweep folder
+        with open_dict(cfg):
+            cfg.run_dir = hydra_cfg.runtime.output_dir
     try:
-        train(cfg)
+        train(cfg, overrides=list(hydra_cfg.overrides.task))
     except Text2LiveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
