@@ -2,9 +2,9 @@
 
 Each job is a ``t2l-train`` process of its own whose ``CUDA_VISIBLE_DEVICES`` names one GPU that no other
 running job holds; when a job ends its GPU goes to the next job. Without GPUs, ``n_jobs`` CPU processes run at
-once. A job writes its run folder under the sweep folder (``hydra.sweep.dir/hydra.sweep.subdir``), and its
-output to ``launcher.log`` there. Running the sweep's command again skips finished runs and resumes the others
-(see ``text2live.train``).
+once. A job writes its run folder under the sweep folder (``hydra.sweep.dir``), named by the overrides that
+vary between the jobs (:func:`job_names`), and its output to ``launcher.log`` there. Running the sweep's
+command again skips finished runs and resumes the others (see ``text2live.train``).
 """
 
 import logging
@@ -123,12 +123,11 @@ class GpuLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = []
-        for offset, overrides in enumerate(job_overrides):
+        names = job_names(job_overrides)
+        for offset, (overrides, name) in enumerate(zip(job_overrides, names)):
             config = self.job_config(overrides, initial_job_idx + offset)
             HydraConfig.instance().set_config(config)
-            run_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")) / str(
-                OmegaConf.select(config, "hydra.sweep.subdir")
-            )
+            run_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")) / name
             jobs.append(Job(initial_job_idx + offset, list(overrides), run_dir, config))
         gpus = self.gpus if self.gpus is not None else visible_gpus()
         where = f"{len(gpus)} GPU(s) ({', '.join(gpus)})" if gpus else f"{max(1, self.n_jobs)} CPU process(es)"
@@ -156,6 +155,21 @@ class GpuLauncher(Launcher):
         if failed:
             raise SweepFailed(failed, len(returns))
         return returns
+
+
+def job_names(job_overrides: Sequence[Sequence[str]]) -> list[str]:
+    """Run-folder names: the overrides whose values differ between the jobs (``edit=golden,seed=0``).
+
+    Overrides shared by every job (``clip=vit_b16`` given for the whole sweep) stay out of the names, so they
+    remain short and comparable in TensorBoard; a single job is named ``run``.
+    """
+    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides) for overrides in job_overrides]
+    keys: list[str] = []
+    for overrides in parsed:
+        keys += [k for k in overrides if k not in keys]
+    varying = [k for k in keys if len({overrides.get(k) for overrides in parsed}) > 1]
+    names = [",".join(f"{k.lstrip('+~')}={o.get(k, '')}" for k in varying if k in o) for o in parsed]
+    return [name.replace("/", "_") or "run" for name in names]
 
 
 class JobFailed(Exception):
