@@ -179,3 +179,26 @@ def test_job_folders_are_named_by_the_overrides_that_vary():
     assert job_names(jobs) == ["edit=golden,seed=0", "edit=golden,seed=1", "edit=silver,seed=0", "edit=silver,seed=1"]
     assert job_names([["clip=tiny"]]) == ["run"]
     assert job_names([["image_path=a/b.png"], ["image_path=c/d.png"]]) == ["image_path=a_b.png", "image_path=c_d.png"]
+
+
+def test_real_concurrent_workers_never_share_a_gpu(tmp_path):
+    """Worker processes record the GPU they were given and when they ran; intervals on one GPU never overlap."""
+    script = (
+        "import json, os, sys, time; start = time.time(); time.sleep(float(sys.argv[2])); "
+        "json.dump({'gpu': os.environ['CUDA_VISIBLE_DEVICES'], 'start': start, 'end': time.time()}, "
+        "open(sys.argv[1], 'w'))"
+    )
+
+    def spawn(job: Job, gpu: str | None) -> subprocess.Popen:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        record = tmp_path / f"{job.index}.json"
+        return subprocess.Popen([sys.executable, "-c", script, str(record), str(0.05 * (job.index % 3))], env=env)
+
+    jobs = [Job(i, [], tmp_path) for i in range(7)]
+    codes = run_pool(jobs, ["0", "1"], 1, spawn, wait=lambda: __import__("time").sleep(0.01))
+    assert codes == dict.fromkeys(range(7), 0)
+    records = [yaml.safe_load((tmp_path / f"{i}.json").read_text()) for i in range(7)]
+    for gpu in ("0", "1"):
+        spans = sorted((r["start"], r["end"]) for r in records if r["gpu"] == gpu)
+        assert len(spans) >= 2  # the GPU was reused
+        assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
