@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -202,3 +203,24 @@ def test_real_concurrent_workers_never_share_a_gpu(tmp_path):
         spans = sorted((r["start"], r["end"]) for r in records if r["gpu"] == gpu)
         assert len(spans) >= 2  # the GPU was reused
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+
+
+def test_a_finished_sweep_gives_its_table_and_gallery(sweep, tmp_path):
+    import csv
+
+    from text2live.report import main as table_main
+
+    assert table_main([str(sweep), "--out", str(tmp_path), "--metrics", "clip_score,preservation_psnr"]) in (0, None)
+    with open(tmp_path / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    # grouped by the swept key other than the seed, each cell over the two seeds
+    assert sorted(r["loss.lambda_screen"] for r in rows) == ["0", "1"]
+    assert all(r["n"] == "2" for r in rows)
+    for row in rows:
+        scores = []
+        for run in finished(sweep):
+            if f"loss.lambda_screen={row['loss.lambda_screen']}" in run.name:
+                scores.append(json.loads((run / "metrics.json").read_text())["metrics"]["clip_score"])
+        assert float(row["clip_score_mean"]) == pytest.approx(sum(scores) / 2)
+    for name in ("table.md", "table.tex", "gallery.png", "gallery.html"):
+        assert (tmp_path / name).stat().st_size > 0
