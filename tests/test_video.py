@@ -241,6 +241,7 @@ def test_run_folder_holds_every_output(request, name, layers, fps):
         "edited.mp4",
         "edited.gif",
         "metrics.json",
+        "overrides.yaml",
         *layers,
     }
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
