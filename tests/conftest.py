@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,25 @@ from PIL import Image
 from text2live.config import ASSETS_DIR, CONF_DIR
 
 DATA_DIR = Path(__file__).parent / "data"
+
+
+@contextmanager
+def one_torch_thread():
+    """One intra-op thread: test workers share two cores, and oversubscribed threads crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many small tensor tests: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with one_torch_thread():
+        yield
+
 
 # Overrides that shrink a run to seconds on a CPU: tiny CLIP, a 4-scale 16-channel generator, a 96 px image,
 # 4 CLIP views. The method is unchanged; only sizes are.
@@ -121,22 +141,26 @@ def synthetic_video(tmp_path_factory) -> tuple[Path, Path]:
     return write_synthetic_video(tmp_path_factory.mktemp("video"))
 
 
+def video_overrides(video: tuple[Path, Path], run_dir: Path) -> list[str]:
+    """A foreground edit of the synthetic ``video`` (checkpoint, frames) into ``run_dir``."""
+    checkpoint, frames = video
+    return [
+        "experiment=video",
+        f"nla_checkpoint={checkpoint}",
+        f"frames_dir={frames}",
+        f"num_frames={VIDEO_FRAMES}",
+        "comp_text=golden swan",
+        "src_text=swan",
+        "screen_text=golden",
+        f"run_dir={run_dir}",
+    ]
+
+
 @pytest.fixture
 def tiny_video_cfg(tmp_path: Path, synthetic_video):
     """A factory of tiny video run configs: ``tiny_video_cfg(*extra_overrides, run="name")``."""
-    checkpoint, frames = synthetic_video
 
     def make(*extra: str, run: str = "run") -> DictConfig:
-        base = [
-            "experiment=video",
-            f"nla_checkpoint={checkpoint}",
-            f"frames_dir={frames}",
-            f"num_frames={VIDEO_FRAMES}",
-            "comp_text=golden swan",
-            "src_text=swan",
-            "screen_text=golden",
-            f"run_dir={tmp_path / run}",
-        ]
-        return compose_config(base + VIDEO_TINY + list(extra))
+        return compose_config(video_overrides(synthetic_video, tmp_path / run) + VIDEO_TINY + list(extra))
 
     return make

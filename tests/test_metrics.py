@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, VIDEO_FRAMES, VIDEO_TINY, compose_config
+from conftest import TINY, VIDEO_TINY, compose_config, video_overrides
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -51,13 +51,7 @@ PROMPT_KEYS = {"clip_score", "clip_score_input", "clip_directional_similarity"}
 RECORD_KEYS = {"run_dir", "name", "seed", "steps", "kind", "checkpoint", "clip", "metrics", "hparams"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread per process: ``-n 2`` runs two workers on two cores, and oversubscribed threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -301,18 +295,7 @@ def image_run(workdir: Path) -> Path:
 @pytest.fixture(scope="module")
 def video_run(workdir: Path, synthetic_video) -> Path:
     """A finished tiny video run (conftest's ``tiny_video_cfg`` recipe), trained once per module and worker."""
-    checkpoint, frames = synthetic_video
-    overrides = [
-        "experiment=video",
-        f"nla_checkpoint={checkpoint}",
-        f"frames_dir={frames}",
-        f"num_frames={VIDEO_FRAMES}",
-        "comp_text=golden swan",
-        "src_text=swan",
-        "screen_text=golden",
-        f"run_dir={workdir / 'video'}",
-    ]
-    return train(compose_config(overrides + VIDEO_TINY))
+    return train(compose_config(video_overrides(synthetic_video, workdir / "video") + VIDEO_TINY))
 
 
 def test_evaluate_image_run(image_run):

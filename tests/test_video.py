@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import VIDEO_FRAMES, VIDEO_TINY, compose_config, write_synthetic_video
+from conftest import VIDEO_FRAMES, VIDEO_TINY, compose_config, one_torch_thread, write_synthetic_video
 from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -59,20 +58,9 @@ RUNS = {
 }
 
 
-@contextmanager
-def one_thread():
-    """One intra-op thread: several test workers share two cores, and oversubscribed threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
+def _one_torch_thread():
+    with one_torch_thread():
         yield
 
 
@@ -114,7 +102,7 @@ def video_cfg(video: tuple[Path, Path], run_dir: Path, *extra: str):
 
 def shared_run(shared: Path, video, name: str) -> Path:
     # session fixtures are set up before the module's _one_thread: train under the same settings as the tests
-    with FileLock(shared / f"{name}.lock"), one_thread():
+    with FileLock(shared / f"{name}.lock"), one_torch_thread():
         return train(video_cfg(video, shared / name, *RUNS[name]))
 
 
