@@ -224,3 +224,33 @@ def test_a_finished_sweep_gives_its_table_and_gallery(sweep, tmp_path):
         assert float(row["clip_score_mean"]) == pytest.approx(sum(scores) / 2)
     for name in ("table.md", "table.tex", "gallery.png", "gallery.html"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def compose_hydra(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from text2live.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_default_launcher_is_the_gpu_pool():
+    launcher = compose_hydra().hydra.launcher
+    assert launcher._target_ == "hydra_plugins.text2live_launcher.gpu_launcher.GpuLauncher"
+    assert launcher.gpus is None and launcher.n_jobs == 1
+
+
+def test_the_slurm_launcher_gives_every_array_task_one_gpu():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    launcher = compose_hydra("hydra/launcher=slurm", "+sweep=fur").hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (1, 1, 1)
+    assert launcher.submitit_folder.startswith("outputs/sweeps/fur/")
+
+
+def test_the_ray_launcher_gives_every_task_one_gpu():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra-ray-launcher is an optional extra (.[ray])")
+    launcher = compose_hydra("hydra/launcher=ray_gpus").hydra.launcher
+    assert launcher._target_.endswith("RayLauncher")
+    assert launcher.ray.remote.num_gpus == 1
