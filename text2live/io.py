@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from text2live.views import resized_shape
 OUTPUT_NAMES = ("edit", "alpha", "edit_on_greenscreen", "composite")
 INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 HIGH_DEPTH_MODES = (*INTEGER_MODES, "F")
+
+log = logging.getLogger("text2live")
 
 
 def _to_float_array(img: Image.Image) -> np.ndarray:
@@ -129,6 +132,8 @@ def load_frames(folder: str | os.PathLike, num_frames: int, size: tuple[int, int
             f"{folder} holds {len(files)} frames (jpg/png) but num_frames={num_frames}: pass the right frames_dir "
             "or set num_frames to the frame count the NLA checkpoint was trained on"
         )
+    if len(files) > num_frames:
+        log.info("%s holds %d frames: using the first %d (num_frames)", folder, len(files), num_frames)
     files = files[:num_frames]
     sizes: dict[tuple[int, int], Path] = {}
     for path in files:
