@@ -144,10 +144,11 @@ def _image_run_metrics(run_dir: Path, guide: ClipGuide, device) -> dict[str, flo
     )
 
 
-def _video_run_metrics(run_dir: Path, guide: ClipGuide, device) -> dict[str, float]:
+def _video_run_metrics(run_dir: Path, guide: ClipGuide, device, datamodule=None) -> dict[str, float]:
     state, cfg = load_run(run_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("predict")
+    if datamodule is None:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("predict")
     layers = list(cfg.edit_layers)
     rgba = {
         layer: render_layer(
@@ -193,7 +194,12 @@ def log_hparams(run_dir: Path, hparams: dict, metrics: dict[str, float], step: i
             writer.add_scalar(tag, value, step)
 
 
-def evaluate_run(run_dir: str | Path, guide: ClipGuide | None = None, device: torch.device | str | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    guide: ClipGuide | None = None,
+    device: torch.device | str | None = None,
+    datamodule=None,
+) -> dict:
     """Compute the metrics of a finished run, write them to ``<run_dir>/metrics.json`` and to TensorBoard.
 
     The edit is re-rendered from the run's checkpoint (``final.ckpt``, else ``last.ckpt``) rather than read
@@ -207,7 +213,8 @@ def evaluate_run(run_dir: str | Path, guide: ClipGuide | None = None, device: to
       and each layer's prompts (keys ``<layer>/clip_score`` ...).
 
     ``guide`` is the CLIP to score with (default: :func:`build_eval_guide` of the run's config); the tensors go
-    to its device, the generators to ``device`` (default: CUDA if available).
+    to its device, the generators to ``device`` (default: CUDA if available). A video run's ``datamodule``,
+    already set up (at the end of training), spares evaluating the NLA maps again.
 
     Returns the record written to ``metrics.json``: ``run_dir`` (absolute), ``name``, ``seed``, ``steps``,
     ``kind`` (``image`` or ``video``), ``checkpoint`` (the file name), ``clip`` (the CLIP's name), ``metrics``
@@ -224,7 +231,10 @@ def evaluate_run(run_dir: str | Path, guide: ClipGuide | None = None, device: to
     if guide is None:
         guide = build_eval_guide(cfg, device)
     video = is_video(cfg)
-    metrics = (_video_run_metrics if video else _image_run_metrics)(run_dir, guide, device)
+    if video:
+        metrics = _video_run_metrics(run_dir, guide, device, datamodule)
+    else:
+        metrics = _image_run_metrics(run_dir, guide, device)
     hparams = flatten_hparams(cfg)
     record = {
         "run_dir": str(run_dir),

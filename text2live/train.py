@@ -211,7 +211,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Seq
         from text2live.evaluate import evaluate_run  # imports the renderers, which import this module
 
         log.info("evaluating %s", run_dir)
-        evaluate_run(run_dir)
+        evaluate_run(run_dir, datamodule=datamodule if isinstance(datamodule, AtlasDataModule) else None)
     (run_dir / runs.DONE_FILE).write_text(f"{trainer.global_step} steps\n")
     log.info("finished %s", run_dir)
     return run_dir
