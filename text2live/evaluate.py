@@ -25,7 +25,7 @@ from text2live.io import load_image
 from text2live.metrics import image_metrics, video_metrics
 from text2live.render import load_generator, load_run, render_image
 from text2live.train import instantiate, is_video
-from text2live.video_system import compose_video, render_layer
+from text2live.video_system import render_video
 
 METRICS_FILE = "metrics.json"
 TB_DIR = "tb"
@@ -150,16 +150,8 @@ def _video_run_metrics(run_dir: Path, guide: ClipGuide, device, datamodule=None)
         datamodule = instantiate(cfg.data)
         datamodule.setup("predict")
     layers = list(cfg.edit_layers)
-    rgba = {
-        layer: render_layer(
-            _generator(cfg, state, f"generators.{layer}.", device),
-            datamodule.layers[layer],
-            cfg.video.align_corners,
-            device,
-        )["rgba"]
-        for layer in layers
-    }
-    composed = compose_video(datamodule.video, datamodule.alpha, rgba)
+    generators = {layer: _generator(cfg, state, f"generators.{layer}.", device) for layer in layers}
+    _, composed = render_video(generators, datamodule, cfg.video.align_corners, device)
     visible = {layer: composed["visible"][layer][:, 3:] for layer in layers}
     comp = {layer: _plain(cfg[layer].comp_text) for layer in layers}
     src = {layer: _plain(cfg[layer].src_text) for layer in layers}

@@ -19,7 +19,7 @@ from text2live.errors import InputError, Text2LiveError
 from text2live.generator import SkipGenerator, render_layers
 from text2live.io import load_image, save_layers
 from text2live.train import instantiate, is_video
-from text2live.video_system import compose_video, render_layer, save_video_results
+from text2live.video_system import render_video, save_video_results
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], DictConfig]:
@@ -65,16 +65,8 @@ def render_video_run(run_dir: Path, out_dir: str | Path | None = None) -> Path:
     state, cfg = load_run(run_dir)
     datamodule = instantiate(cfg.data)
     datamodule.setup("predict")
-    rendered = {
-        layer: render_layer(
-            _generator(cfg, state, f"generators.{layer}.").to(device),
-            datamodule.layers[layer],
-            cfg.video.align_corners,
-            device,
-        )
-        for layer in cfg.edit_layers
-    }
-    composed = compose_video(datamodule.video, datamodule.alpha, {k: v["rgba"] for k, v in rendered.items()})
+    generators = {layer: _generator(cfg, state, f"generators.{layer}.").to(device) for layer in cfg.edit_layers}
+    rendered, composed = render_video(generators, datamodule, cfg.video.align_corners, device)
     out = Path(out_dir) if out_dir else run_dir / "render"
     save_video_results(rendered, composed, datamodule.layers, out, cfg.video.fps)
     return out

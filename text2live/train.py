@@ -26,7 +26,7 @@ from text2live.cli import check_overrides
 from text2live.config import CONF_DIR
 from text2live.errors import ConfigError, Text2LiveError
 from text2live.system import EditSystem, ImageEditSystem
-from text2live.video_data import AtlasDataModule
+from text2live.video_data import AtlasDataModule, check_edit_layers
 from text2live.video_system import VideoEditSystem
 
 log = logging.getLogger("text2live")
@@ -47,11 +47,7 @@ def _check_prompts(cfg: dict) -> None:
     if not is_video(cfg):
         blocks = [("", cfg)]
     else:
-        layers = cfg.get("edit_layers")
-        if not isinstance(layers, list) or not all(isinstance(x, str) and isinstance(cfg.get(x), dict) for x in layers):
-            raise ConfigError(
-                f"edit_layers={layers!r} is not valid: use [foreground], [background] or [foreground,background]"
-            )
+        layers = check_edit_layers(cfg.get("edit_layers"))
         blocks = [(f"{layer}.", cfg[layer]) for layer in layers]
     for prefix, block in blocks:
         for key in PROMPT_KEYS:

@@ -149,6 +149,19 @@ def foreground_window(boundaries: torch.Tensor, uvs: torch.Tensor) -> tuple[int,
     return v0, u0, v1 - v0, u1 - u0
 
 
+def check_edit_layers(edit_layers) -> list[str]:
+    """``edit_layers`` as a list, if it names each NLA layer at most once; else a ConfigError."""
+    try:
+        layers = None if isinstance(edit_layers, str) else list(edit_layers)
+    except TypeError:
+        layers = None
+    if not layers or any(layer not in LAYERS for layer in layers) or len(set(layers)) != len(layers):
+        raise ConfigError(
+            f"edit_layers={edit_layers!r} is not valid: use [foreground], [background] or [foreground,background]"
+        )
+    return layers
+
+
 class AtlasCrops:
     """Draws one step's training sample of every edited layer (SPEC section 5)."""
 
@@ -318,12 +331,7 @@ class AtlasDataModule(pl.LightningDataModule):
         super().__init__()
         if full_input:
             crop_min_cover, flip_p, jitter_p = 1.0, 0.0, 0.0
-        edit_layers = list(edit_layers)
-        bad = [layer for layer in edit_layers if layer not in LAYERS]
-        if not edit_layers or bad or len(set(edit_layers)) != len(edit_layers):
-            raise ConfigError(
-                f"edit_layers={edit_layers} is not valid: use [foreground], [background] or [foreground,background]"
-            )
+        edit_layers = check_edit_layers(edit_layers)
         if not isinstance(num_frames, int) or num_frames < 2 * frame_distance + 1:
             raise ConfigError(
                 f"num_frames={num_frames} is not valid: a video needs at least 2 * data.frame_distance + 1 = "

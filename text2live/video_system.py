@@ -68,6 +68,18 @@ def render_layer(
     return {"atlas": atlas, "rgba": frames}
 
 
+def render_video(
+    generators: dict[str, SkipGenerator], datamodule: AtlasDataModule, align_corners: bool = False, device="cpu"
+) -> tuple[dict[str, dict], dict]:
+    """Every edited layer rendered (:func:`render_layer`) and the video composed from them (:func:`compose_video`)."""
+    rendered = {
+        name: render_layer(generator, datamodule.layers[name], align_corners, device)
+        for name, generator in generators.items()
+    }
+    composed = compose_video(datamodule.video, datamodule.alpha, {k: v["rgba"] for k, v in rendered.items()})
+    return rendered, composed
+
+
 def compose_video(video: torch.Tensor, alpha: torch.Tensor, rgba: dict[str, torch.Tensor]) -> dict:
     """The edited video and each layer's visible edit layer.
 
@@ -226,12 +238,7 @@ class VideoEditSystem(EditSystem):
     # results ----------------------------------------------------------------------------------------------
 
     def render(self, datamodule: AtlasDataModule) -> tuple[dict[str, dict], dict]:
-        rendered = {
-            name: render_layer(self.generators[name], datamodule.layers[name], self.align_corners, self.device)
-            for name in self.generators
-        }
-        composed = compose_video(datamodule.video, datamodule.alpha, {k: v["rgba"] for k, v in rendered.items()})
-        return rendered, composed
+        return render_video(dict(self.generators), datamodule, self.align_corners, self.device)
 
     def snapshot(self, datamodule: AtlasDataModule, folder: Path, step: int, loggers: list) -> None:
         """Intermediate result: each layer's atlas and a few edited frames, on disk and in TensorBoard."""
