@@ -254,3 +254,27 @@ def test_the_ray_launcher_gives_every_task_one_gpu():
     launcher = compose_hydra("hydra/launcher=ray_gpus").hydra.launcher
     assert launcher._target_.endswith("RayLauncher")
     assert launcher.ray.remote.num_gpus == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-m", "+sweep=fur", "foo=1"], "error: unknown config key 'foo'"),
+        (["-m", "+sweep=nope"], "error: In 'train': Could not find 'sweep/nope'"),
+        (["--multirun", "seed=0,1", "clip=nope,tiny"], "error: In 'train': Could not find 'clip/nope'"),
+    ],
+)
+def test_a_bad_sweep_command_ends_in_one_line_before_any_job_starts(argv, message, capsys):
+    from text2live.cli import check_overrides
+
+    with pytest.raises(SystemExit) as exit_info:
+        check_overrides("train", argv, "t2l-train")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_a_good_sweep_command_passes_the_check():
+    from text2live.cli import check_overrides
+
+    check_overrides("train", ["-m", "+sweep=fur", "edit=golden,silver", "seed=range(0,3)"], "t2l-train")

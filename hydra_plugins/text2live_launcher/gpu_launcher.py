@@ -153,7 +153,9 @@ class GpuLauncher(Launcher):
             )
         failed = [r for r in returns if r.status is JobStatus.FAILED]
         if failed:
-            raise SweepFailed(failed, len(returns))
+            # one sentence and exit 2, as every text2live error; a traceback would only show this launcher
+            print(f"error: {SweepFailed(failed, len(returns))}", file=sys.stderr)
+            sys.exit(2)
         return returns
 
 
@@ -181,9 +183,10 @@ class SweepFailed(Exception):
     def __init__(self, failed: list[JobReturn], total: int) -> None:
         logs = "; ".join(str(Path(r.working_dir) / LOG_FILE) for r in failed[:3])
         more = f" (+{len(failed) - 3} more)" if len(failed) > 3 else ""
+        others = "" if len(failed) == total else "; the others finished"
         super().__init__(
-            f"{len(failed)} of {total} jobs failed ({logs}{more}); the others finished: fix the cause and run the "
-            "same command again to finish the sweep"
+            f"{len(failed)} of {total} jobs failed ({logs}{more}){others}: fix the cause and run the same command "
+            "again to finish the sweep"
         )
 
 
