@@ -20,7 +20,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import VIDEO_FRAMES, VIDEO_TINY, compose_config, one_torch_thread, write_synthetic_video
+from conftest import (
+    VIDEO_FRAMES,
+    VIDEO_TINY,
+    compose_config,
+    one_torch_thread,
+    video_overrides,
+    write_synthetic_video,
+)
 from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -88,16 +95,7 @@ def video(shared) -> tuple[Path, Path]:
 
 def video_cfg(video: tuple[Path, Path], run_dir: Path, *extra: str):
     """A tiny video run config on ``video`` (conftest's ``tiny_video_cfg`` on the shared video, one CLIP view)."""
-    checkpoint, frames = video
-    base = [
-        "experiment=video",
-        f"nla_checkpoint={checkpoint}",
-        f"frames_dir={frames}",
-        f"num_frames={VIDEO_FRAMES}",
-        *PROMPTS,
-        f"run_dir={run_dir}",
-    ]
-    return compose_config(base + VIDEO_TINY + CHEAP + list(extra))
+    return compose_config(video_overrides(video, run_dir) + VIDEO_TINY + CHEAP + list(extra))
 
 
 def shared_run(shared: Path, video, name: str) -> Path:
@@ -692,18 +690,7 @@ def assert_not_started(run_dir: Path) -> None:
 
 
 def cli_args(video, run_dir: Path, *extra: str) -> list[str]:
-    checkpoint, frames = video
-    return [
-        "experiment=video",
-        f"nla_checkpoint={checkpoint}",
-        f"frames_dir={frames}",
-        f"num_frames={VIDEO_FRAMES}",
-        *PROMPTS,
-        *VIDEO_TINY,
-        *CHEAP,
-        f"run_dir={run_dir}",
-        *extra,
-    ]
+    return [*video_overrides(video, run_dir), *VIDEO_TINY, *CHEAP, *extra]
 
 
 def test_cli_video_run(video, tmp_path):

@@ -20,10 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from text2live import runs
 from text2live.clip_guide import ClipGuide
 from text2live.errors import InputError, Text2LiveError
-from text2live.generator import SkipGenerator
 from text2live.io import load_image
 from text2live.metrics import image_metrics, video_metrics
-from text2live.render import load_generator, load_run, render_image
+from text2live.render import generator_from_state, load_generator, load_run, render_image
 from text2live.train import instantiate, is_video
 from text2live.video_system import render_video
 
@@ -109,30 +108,15 @@ def build_eval_guide(cfg: DictConfig, device: torch.device | str | None = None) 
 # one run ----------------------------------------------------------------------------------------------------
 
 
-def checkpoint_path(run_dir: Path) -> Path | None:
-    """The checkpoint a run is rendered from (``final.ckpt``, else ``last.ckpt``, as ``t2l-render``), if any."""
-    folder = Path(run_dir) / runs.CHECKPOINT_DIR
-    for name in (runs.FINAL_CHECKPOINT, runs.LAST_CHECKPOINT):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
 def is_up_to_date(run_dir: Path) -> bool:
     """``metrics.json`` exists, can be read and is at least as new as the run's checkpoint."""
-    metrics, ckpt = Path(run_dir) / METRICS_FILE, checkpoint_path(run_dir)
+    metrics, ckpt = Path(run_dir) / METRICS_FILE, runs.checkpoint_path(run_dir)
     if ckpt is None or not metrics.is_file() or metrics.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
         return False
     try:
         return isinstance(json.loads(metrics.read_text()).get("metrics"), dict)
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def _generator(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str, device) -> SkipGenerator:
-    generator = instantiate(cfg.generator)
-    generator.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
-    return generator.to(device)
 
 
 def _image_run_metrics(run_dir: Path, guide: ClipGuide, device) -> dict[str, float]:
@@ -150,7 +134,7 @@ def _video_run_metrics(run_dir: Path, guide: ClipGuide, device, datamodule=None)
         datamodule = instantiate(cfg.data)
         datamodule.setup("predict")
     layers = list(cfg.edit_layers)
-    generators = {layer: _generator(cfg, state, f"generators.{layer}.", device) for layer in layers}
+    generators = {layer: generator_from_state(cfg, state, f"generators.{layer}.").to(device) for layer in layers}
     _, composed = render_video(generators, datamodule, cfg.video.align_corners, device)
     visible = {layer: composed["visible"][layer][:, 3:] for layer in layers}
     comp = {layer: _plain(cfg[layer].comp_text) for layer in layers}
@@ -216,7 +200,7 @@ def evaluate_run(
     """
     run_dir = Path(run_dir).resolve()
     cfg = load_config(run_dir)
-    ckpt = checkpoint_path(run_dir)
+    ckpt = runs.checkpoint_path(run_dir)
     if ckpt is None:
         raise InputError(f"{run_dir} has no checkpoint ({runs.CHECKPOINT_DIR}/ is empty or missing)")
     device = torch.device(device) if device is not None else default_device()

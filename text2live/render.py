@@ -28,15 +28,15 @@ def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], DictConfig]:
     if not config_path.is_file():
         raise InputError(f"{run_dir} is not a text2live run folder (no {runs.CONFIG_FILE}): pass run_dir=<run folder>")
     cfg = OmegaConf.load(config_path)
-    ckpt_dir = run_dir / runs.CHECKPOINT_DIR
-    for name in (runs.FINAL_CHECKPOINT, runs.LAST_CHECKPOINT):
-        if (ckpt_dir / name).is_file():
-            checkpoint = torch.load(ckpt_dir / name, map_location="cpu", weights_only=False)
-            return checkpoint["state_dict"], cfg
-    raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+    path = runs.checkpoint_path(run_dir)
+    if path is None:
+        ckpt_dir = run_dir / runs.CHECKPOINT_DIR
+        raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"], cfg
 
 
-def _generator(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str) -> SkipGenerator:
+def generator_from_state(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str) -> SkipGenerator:
+    """The generator of ``cfg`` with the weights under ``prefix`` in a checkpoint's ``state``."""
     generator = instantiate(cfg.generator)
     generator.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
     return generator
@@ -47,7 +47,7 @@ def load_generator(run_dir: Path, device: torch.device | str = "cpu") -> tuple[S
     state, cfg = load_run(run_dir)
     if is_video(cfg):
         raise InputError(f"{run_dir} is a video run: it has one generator per layer (use render_video_run)")
-    return _generator(cfg, state, "generator.").to(device), cfg
+    return generator_from_state(cfg, state, "generator.").to(device), cfg
 
 
 @torch.no_grad()
@@ -65,7 +65,9 @@ def render_video_run(run_dir: Path, out_dir: str | Path | None = None) -> Path:
     state, cfg = load_run(run_dir)
     datamodule = instantiate(cfg.data)
     datamodule.setup("predict")
-    generators = {layer: _generator(cfg, state, f"generators.{layer}.").to(device) for layer in cfg.edit_layers}
+    generators = {
+        layer: generator_from_state(cfg, state, f"generators.{layer}.").to(device) for layer in cfg.edit_layers
+    }
     rendered, composed = render_video(generators, datamodule, cfg.video.align_corners, device)
     out = Path(out_dir) if out_dir else run_dir / "render"
     save_video_results(rendered, composed, datamodule.layers, out, cfg.video.fps)

@@ -144,7 +144,7 @@ def collect(folder: str | os.PathLike) -> list[Run]:
     :class:`RunSkippedWarning` that says to run ``t2l-eval``; so is a run whose ``metrics.json`` is older than
     its checkpoint. Raises :class:`~text2live.errors.InputError` if ``folder`` is not a folder.
     """
-    from text2live.evaluate import METRICS_FILE, checkpoint_path, find_runs
+    from text2live.evaluate import METRICS_FILE, find_runs
 
     found = sorted(find_runs(folder), key=_natural_key)
     collected = []
@@ -171,7 +171,7 @@ def collect(folder: str | os.PathLike) -> list[Run]:
                 stacklevel=2,
             )
             continue
-        ckpt = checkpoint_path(run_dir)
+        ckpt = run_files.checkpoint_path(run_dir)
         if ckpt is not None and metrics_path.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
             warnings.warn(
                 f"{run_dir}/{METRICS_FILE} is older than its checkpoint (kept; update it with `t2l-eval {run_dir}`)",

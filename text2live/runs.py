@@ -40,6 +40,15 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def checkpoint_path(run_dir: Path) -> Path | None:
+    """The checkpoint a run is rendered and evaluated from: ``final.ckpt``, else ``last.ckpt``, if any."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    for name in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def check_same_run(run_dir: Path, cfg: dict) -> bool:
     """True if ``run_dir`` already holds this run; raises if it holds a different one; False if it is new."""
     path = run_dir / CONFIG_FILE
