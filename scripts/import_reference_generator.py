@@ -14,13 +14,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from text2live import runs
+from text2live.checkpoints import read_checkpoint, save_checkpoint
 from text2live.config import CONF_DIR
+from text2live.errors import Text2LiveError
 from text2live.generator import convert_reference_state_dict
 
 
@@ -36,7 +37,10 @@ def main() -> None:
         sys.exit(f"error: {args.out} already holds a run: choose another --out")
     if not args.state_dict.is_file():
         sys.exit(f"error: {args.state_dict} does not exist: pass the reference generator's state dict file")
-    state = torch.load(args.state_dict, map_location="cpu", weights_only=True)
+    try:
+        state = read_checkpoint(args.state_dict)
+    except Text2LiveError as exc:
+        sys.exit(f"error: {exc}: pass the reference generator's state dict file")
     for key in ("netG", "state_dict"):
         if isinstance(state.get(key), dict):
             state = state[key]
@@ -64,7 +68,7 @@ def main() -> None:
     ckpt_dir = args.out / runs.CHECKPOINT_DIR
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     state_dict = {f"generator.{k}": v for k, v in generator.state_dict().items()}
-    torch.save({"state_dict": state_dict, "imported_from": str(args.state_dict)}, ckpt_dir / runs.FINAL_CHECKPOINT)
+    save_checkpoint({"state_dict": state_dict, "imported_from": str(args.state_dict)}, ckpt_dir / runs.FINAL_CHECKPOINT)
     print(f"wrote {args.out}; render it with: t2l-render run_dir={args.out}")
 
 

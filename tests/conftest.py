@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,14 +19,19 @@ DATA_DIR = Path(__file__).parent / "data"
 
 
 @contextmanager
-def one_torch_thread():
-    """One intra-op thread: test workers share two cores, and oversubscribed threads crawl."""
+def torch_threads(n: int):
+    """``n`` intra-op threads for the block."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def one_torch_thread():
+    """One intra-op thread: test workers share two cores, and oversubscribed threads crawl."""
+    return torch_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,39 @@ def tiny_video_cfg(tmp_path: Path, synthetic_video):
         return compose_config(video_overrides(synthetic_video, tmp_path / run) + VIDEO_TINY + list(extra))
 
     return make
+
+
+# the command-line entry points, run in this process ----------------------------------------------------------
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def error_line(self) -> str:
+        """The one ``error:`` line the command ended with; fails if it printed a traceback or anything else."""
+        assert "Traceback" not in self.stdout + self.stderr, self.stdout + self.stderr
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), self.stderr
+        return lines[0]
+
+
+def run_cli(main, argv: list[str], capsys, monkeypatch) -> CliResult:
+    """Run an entry point's ``main`` (``text2live.train.main`` ...) with ``argv``, as its console script would.
+
+    Use the subprocess form where the process itself matters (signals, exit of the interpreter, a lock held by
+    another process); this one costs no interpreter start.
+    """
+    monkeypatch.setattr(sys, "argv", ["cli", *argv])
+    capsys.readouterr()
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    out = capsys.readouterr()
+    return CliResult(code, out.out, out.err)

@@ -53,5 +53,5 @@ def test_tiny_run_on_cuda_uses_fp16_clip(tiny_cfg) -> None:
     cfg = tiny_cfg("trainer=default", "trainer.accelerator=gpu")
     run_dir = train(cfg)
     assert (run_dir / "DONE").is_file()
-    checkpoint = torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())

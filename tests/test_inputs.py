@@ -70,10 +70,11 @@ def test_image_below_the_generator_minimum_is_an_input_error(tiny_cfg, tmp_path,
 
 
 def test_resize_input_rescues_a_small_image(tmp_path, tiny_cfg):
-    """The same 20 px image is accepted once resized to 96 px: the check is on what the generator gets."""
+    """The same 20 px image is accepted once resized to 96 px (and its minimum lowered): the generator check is
+    on what the generator gets."""
     small = tmp_path / "small.png"
     Image.new("RGB", (20, 30), (200, 100, 50)).save(small)
-    _, datamodule = build_system(tiny_cfg(f"image_path={small}", "data.resize_input=96"))
+    _, datamodule = build_system(tiny_cfg(f"image_path={small}", "data.resize_input=96", "data.min_input_side=20"))
     assert tuple(datamodule.image.shape) == (1, 3, 144, 96)
 
 
@@ -119,7 +120,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_
     assert exc.value.exit_code == 3
     assert_not_finished(run_dir)
 
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
     generator, _ = load_generator(run_dir)

@@ -47,7 +47,7 @@ def pngs(folder: Path) -> dict[str, bytes]:
 
 
 def generator_weights(run_dir: Path, name: str = runs.FINAL_CHECKPOINT) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / runs.CHECKPOINT_DIR / name, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run_dir / runs.CHECKPOINT_DIR / name, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def snapshot(folder: Path) -> dict[str, int]:
@@ -132,7 +132,7 @@ def test_final_images_are_consistent(finished, cat96):
 def test_checkpoints_hold_the_generator_only(finished):
     expected = {f"generator.{k}" for k in SkipGenerator(16, 16, 4, 4).state_dict()}
     for name, step in ((runs.LAST_CHECKPOINT, 2), (runs.FINAL_CHECKPOINT, 3)):
-        checkpoint = torch.load(finished / "checkpoints" / name, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(finished / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert checkpoint["global_step"] == step
         assert set(checkpoint["state_dict"]) == expected  # no frozen CLIP, no text embeddings
         assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
@@ -177,7 +177,7 @@ def test_learning_rate_decays_per_step(finished):
     for step, lr in logged["train/lr"]:
         assert lr == pytest.approx(LR0 * DECAY**step, rel=1e-6)
     for name, step in ((runs.LAST_CHECKPOINT, 2), (runs.FINAL_CHECKPOINT, 3)):
-        checkpoint = torch.load(finished / "checkpoints" / name, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(finished / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(LR0 * DECAY**step, rel=1e-12)
 
 
@@ -275,7 +275,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(workdir, cat96):
         train(run(resumed, "steps=4"), callbacks=[InterruptAt(3)])
     assert not (resumed / "DONE").exists()
     assert not (resumed / "edit.png").exists()
-    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2
     assert not (resumed / "steps" / "4").exists()
     step2_written = snapshot(resumed / "steps" / "2")

@@ -133,7 +133,7 @@ def run_config(run_dir: Path):
 
 
 def state_dict(run_dir: Path, name: str = runs.FINAL_CHECKPOINT) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / runs.CHECKPOINT_DIR / name, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run_dir / runs.CHECKPOINT_DIR / name, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def trained_generators(run_dir: Path) -> dict[str, SkipGenerator]:
@@ -218,6 +218,7 @@ def test_run_folder_holds_every_output(request, name, layers, fps):
     steps = 4 if name == "foreground" else 3
     assert (run_dir / runs.DONE_FILE).read_text() == f"{steps} steps\n"
     assert {p.name for p in run_dir.iterdir()} == {
+        ".lock",
         "config.yaml",
         "git_revision.txt",
         "tb",
@@ -240,7 +241,8 @@ def test_run_folder_holds_every_output(request, name, layers, fps):
     for step in snapshot_steps:
         expected = {f"frame_{t:05d}.png" for t in SNAPSHOT_FRAMES} | {f"{layer}_atlas_rgba.png" for layer in layers}
         assert {p.name for p in (run_dir / "steps" / step).iterdir()} == expected
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["final.ckpt", "last.ckpt"]
+    kept = ["previous.ckpt"] if steps == 4 else []  # checkpoints at steps 2 and 4: the first is kept
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["final.ckpt", "last.ckpt", *kept]
     assert not list(run_dir.rglob("*.part*"))
     done = (run_dir / runs.DONE_FILE).stat().st_mtime_ns
     assert all(p.stat().st_mtime_ns <= done for p in run_dir.rglob("*") if p.is_file())  # DONE comes last
@@ -250,7 +252,7 @@ def test_checkpoints_hold_one_generator_per_layer(both_run):
     """Checkpoints hold the two generators and nothing else (no CLIP, no NLA)."""
     expected = {f"generators.{layer}.{k}" for layer in LAYERS for k in SkipGenerator(16, 16, 4, 4).state_dict()}
     for name, step in ((runs.LAST_CHECKPOINT, 2), (runs.FINAL_CHECKPOINT, 3)):
-        checkpoint = torch.load(both_run / "checkpoints" / name, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(both_run / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert checkpoint["global_step"] == step
         assert set(checkpoint["state_dict"]) == expected  # no CLIP, no NLA
     final = state_dict(both_run)
@@ -557,7 +559,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(fg_run, video, tmp_path):
     with pytest.raises(Interrupted):
         train(video_cfg(video, resumed, *RUNS["foreground"]), callbacks=[InterruptAt(2)])
     assert not (resumed / runs.DONE_FILE).exists() and not (resumed / "edited.gif").exists()
-    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2
     assert sorted(p.name for p in (resumed / "steps").iterdir()) == ["2"]
     step2_written = mtimes(resumed / "steps" / "2")

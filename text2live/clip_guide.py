@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from text2live.errors import ConfigError, InputError, MissingWeightsError
-from text2live.views import ViewAugment, clip_views, resize_shorter
+from text2live.views import ViewPlan, resize_shorter
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
@@ -49,6 +49,48 @@ TEMPLATES = (
 SCREEN_TEMPLATES = ("{} over a green screen.", "{} in front of a green screen.")
 
 DEFAULT_DOWNLOAD_ROOT = "~/.cache/clip"
+CONTEXT_LENGTH = 77  # tokens of OpenAI CLIP's text context (clip.tokenize's default), start and end included
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt whose templated text is longer than CLIP's context: CLIP reads only its beginning."""
+
+
+_WARNED_PROMPTS: set[str] = set()  # each cut prompt is reported once per process
+
+
+def _token_count(text: str) -> int:
+    """Tokens ``clip.tokenize`` makes of ``text``, start and end tokens included."""
+    return len(clip.clip._tokenizer.encode(text)) + 2
+
+
+def warn_if_cut(prompts: str | Sequence[str], templates: Sequence[str] = ("{}",)) -> None:
+    """Warn (once per prompt) about a prompt that some template makes longer than CLIP's context.
+
+    ``clip.tokenize(..., truncate=True)`` keeps the first ``CONTEXT_LENGTH - 1`` tokens and the end token; the
+    warning names the last words the longest templated text keeps. Words are tokenized independently, so the
+    count of a prefix of whole words is the count of its own text.
+    """
+    for prompt in [prompts] if isinstance(prompts, str) else prompts:
+        if prompt in _WARNED_PROMPTS:
+            continue
+        longest = max(templates, key=lambda template: _token_count(template.format(prompt)))
+        tokens = _token_count(longest.format(prompt))
+        if tokens <= CONTEXT_LENGTH:
+            continue
+        _WARNED_PROMPTS.add(prompt)
+        words = prompt.split()
+        kept = 0
+        while kept < len(words) and _token_count(longest.format(" ".join(words[: kept + 1]))) <= CONTEXT_LENGTH:
+            kept += 1
+        shown = prompt if len(prompt) <= 80 else prompt[:60] + "..."
+        cut = f'after "... {" ".join(words[max(0, kept - 3) : kept])}"' if kept else "before its first word"
+        warnings.warn(
+            f'the prompt "{shown}" is longer than CLIP\'s {CONTEXT_LENGTH} tokens once templated ({tokens} tokens '
+            f'in "{longest}"), so CLIP reads it cut {cut}: shorten the prompt to keep every word',
+            PromptTruncatedWarning,
+            stacklevel=3,
+        )
 
 
 def compose_prompts(prompts: str | Sequence[str], templates: Sequence[str]) -> list[str]:
@@ -96,7 +138,9 @@ def tiny_clip(
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a CLIP checkpoint that is either OpenAI's TorchScript archive or a plain state dict."""
     try:
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice, on every call
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
     except (RuntimeError, ValueError):
         pass
     try:
@@ -254,12 +298,17 @@ class ClipGuide(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], model: CLIP | None = None) -> torch.Tensor:
+        """Embeddings of ``texts``; a text longer than CLIP's context is cut (see :func:`warn_if_cut`)."""
         model = model or self.model
-        tokens = clip.tokenize(list(texts), truncate=True).to(self.mean.device)
+        tokens = clip.tokenize(list(texts), CONTEXT_LENGTH, truncate=True).to(self.mean.device)
         return model.encode_text(tokens).float()
 
     def text_embeddings(self, prompts: str | Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """One embedding row per (prompt, template); neither averaged nor normalised (as the reference)."""
+        """One embedding row per (prompt, template); neither averaged nor normalised (as the reference).
+
+        A prompt that a template makes longer than CLIP's context is cut, with a warning.
+        """
+        warn_if_cut(prompts, templates)
         return self.encode_text(compose_prompts(prompts, templates))
 
     # image -----------------------------------------------------------------------------------------------
@@ -298,10 +347,20 @@ class ClipGuide(nn.Module):
         tokens = visual.transformer(self._tokens(visual, x))
         return (visual.ln_post(tokens[0]) @ visual.proj).float()
 
-    def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
-        """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
-        views = clip_views(x, n_views, g, augment, legacy=self.legacy_resize)
-        return self.encode_image(self.normalize(views))
+    def embed_views(self, plan: ViewPlan) -> torch.Tensor:
+        """Embeddings [draws, views, D] of the views a :class:`ViewPlan` drew, in one CLIP call per view shape."""
+        views = plan.render()
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, v in enumerate(views):
+            by_shape.setdefault(tuple(v.shape), []).append(i)
+        order = [i for members in by_shape.values() for i in members]
+        embedded = torch.cat(
+            [self.encode_image(self.normalize(torch.cat([views[i] for i in m]))) for m in by_shape.values()]
+        )
+        embedded = embedded.view(len(views), plan.n_views, -1)
+        if order != sorted(order):
+            embedded = embedded[torch.tensor(order, device=embedded.device).argsort()]
+        return embedded
 
     def self_similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine self-similarity [N, L, L] of all tokens (class token included) before the last block."""
@@ -321,6 +380,7 @@ class ClipGuide(nn.Module):
     @torch.no_grad()
     def relevancy_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Embeddings of the raw relevancy prompts (no templates) for the model that computes relevancy."""
+        warn_if_cut(prompts)
         return self.encode_text([prompts] if isinstance(prompts, str) else list(prompts), self._relevancy_clip)
 
     def relevancy(self, image: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:

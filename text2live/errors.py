@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+
 
 class Text2LiveError(Exception):
     """Bad input or a failed run: the message says what is wrong and what to do."""
@@ -26,10 +29,29 @@ class NonFiniteLossError(Text2LiveError):
 
     exit_code = 3
 
-    def __init__(self, step: int, terms: list[str]) -> None:
+    def __init__(self, step: int, terms: list[str], checkpoint: Path | None = None) -> None:
+        super().__init__(step, terms)
         self.step = step
         self.terms = terms
+        self.checkpoint = checkpoint  # the last good checkpoint, when the run has one
+
+    def __str__(self) -> str:
+        where = f"the loss term(s) {', '.join(self.terms)} became non-finite at step {self.step}"
+        if self.checkpoint is None:
+            return f"{where} (no checkpoint was written yet): lower optim.optimizer.lr or check the inputs"
+        return (
+            f"{where}; {self.checkpoint} holds the last good state: lower optim.optimizer.lr or check the inputs, "
+            "then run the same command again"
+        )
+
+
+class RunInterrupted(Text2LiveError):
+    """SIGINT or SIGTERM stopped training after a step; the checkpoint of that step was written."""
+
+    def __init__(self, signum: int, step: int, steps: int, checkpoint: Path) -> None:
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
         super().__init__(
-            f"the loss term(s) {', '.join(terms)} became non-finite at step {step}; the run folder keeps its "
-            "last good checkpoint: lower optim.optimizer.lr or check the inputs, then run the same command again"
+            f"stopped by {name} after step {step} of {steps} ({checkpoint} holds it): run the same command again "
+            "to resume"
         )

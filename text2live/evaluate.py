@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -17,7 +16,7 @@ from typing import NoReturn
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from text2live import runs
+from text2live import files, runs
 from text2live.clip_guide import ClipGuide
 from text2live.errors import InputError, Text2LiveError
 from text2live.io import load_image
@@ -148,9 +147,7 @@ def _json_value(value: float) -> float | None:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON through a temporary file, so that a partial file never appears."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def log_hparams(run_dir: Path, hparams: dict, metrics: dict[str, float], step: int | None = None) -> None:

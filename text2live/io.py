@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from text2live.errors import InputError
+from text2live.files import atomic_path
 from text2live.views import resized_shape
 
 OUTPUT_NAMES = ("edit", "alpha", "edit_on_greenscreen", "composite")
 INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 HIGH_DEPTH_MODES = (*INTEGER_MODES, "F")
+EXIF_ORIENTATION = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
 
 log = logging.getLogger("text2live")
 
@@ -42,6 +45,30 @@ def _to_float_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
+def _image_file(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"image_path={path} is a folder: pass the path of an image file (a PNG or JPEG)")
+    if not path.is_file():
+        raise InputError(f"image_path={path} does not exist: pass the path of an image file")
+    return path
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image as :func:`load_image` sees it (EXIF orientation applied), pixels not decoded.
+
+    Raises the same errors as :func:`load_image` for a missing or unreadable file.
+    """
+    path = _image_file(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InputError(f"cannot read {path} as an image ({exc}): pass a PNG or JPEG file") from None
+    return (width, height) if orientation in TRANSPOSING_ORIENTATIONS else (height, width)
+
+
 def load_image(path: str | os.PathLike, resize_shorter: int = -1) -> torch.Tensor:
     """Read an image as a [3, H, W] float tensor in [0, 1].
 
@@ -49,9 +76,7 @@ def load_image(path: str | os.PathLike, resize_shorter: int = -1) -> torch.Tenso
     converted. ``resize_shorter > 0`` resizes (PIL bilinear, as the reference) so the shorter side has that
     many pixels.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"image_path={path} does not exist: pass the path of an image file")
+    path = _image_file(path)
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -80,12 +105,9 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write a [C, H, W] image in [0, 1] as PNG, via a temporary file so a partial file never appears."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    """Write a [C, H, W] image in [0, 1] as PNG (atomically: see :mod:`text2live.files`)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
 
 
 def save_layers(layers: dict[str, torch.Tensor], folder: str | os.PathLike) -> list[Path]:
@@ -176,16 +198,14 @@ def save_video(frames: torch.Tensor, path: str | os.PathLike, fps: float = 10.0)
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in (".gif", ".mp4"):
+        raise ValueError(f"cannot write a video as {path.suffix!r}: use .mp4 or .gif")
     frames = frames.expand(-1, 3, -1, -1) if frames.shape[1] == 1 else frames
     arrays = [to_uint8(frame) for frame in frames]
-    tmp = path.with_name(f"{path.stem}.part{path.suffix}")
-    if path.suffix.lower() == ".gif":
-        imageio.mimwrite(tmp, arrays, format="GIF", duration=1000.0 / fps, loop=0)
-    elif path.suffix.lower() == ".mp4":
-        # Even sizes only (yuv420p); other sizes are padded by ffmpeg's macro-block rounding.
-        imageio.mimwrite(tmp, arrays, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=2)
-    else:
-        raise ValueError(f"cannot write a video as {path.suffix!r}: use .mp4 or .gif")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".gif":
+            imageio.mimwrite(tmp, arrays, format="GIF", duration=1000.0 / fps, loop=0)
+        else:
+            # Even sizes only (yuv420p); other sizes are padded by ffmpeg's macro-block rounding.
+            imageio.mimwrite(tmp, arrays, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=2)
     return path

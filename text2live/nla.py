@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from text2live.checkpoints import pickles_objects
 from text2live.errors import InputError
 
 log = logging.getLogger("text2live")
@@ -169,13 +170,20 @@ def load_nla(path: str | os.PathLike, num_frames: int, height: int = 432, width:
             "data with scripts/prepare_video_data.py"
         )
     try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # NLA's own checkpoints hold only tensors and numbers; older files may pickle other objects.
-            log.warning("%s holds Python objects besides tensors: loading it with full unpickling", path)
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not pickles_objects(exc):
+            raise InputError(
+                f"cannot read {path} as a PyTorch checkpoint (it is not a PyTorch file, or it is corrupt): pass the "
+                "NLA checkpoint file (pretrained_nla_models/<video>/checkpoint)"
+            ) from None
+        # NLA's own checkpoints hold only tensors, numbers and dicts; anything else would run code when unpickled
+        raise InputError(
+            f"{path} holds Python objects besides tensors, which are never unpickled: if you trust the file, "
+            "convert it once with python -c \"import torch; c = torch.load('<file>', weights_only=False); "
+            "torch.save({k: v for k, v in c.items() if k.endswith('state_dict')}, '<new file>')\" and pass the new file"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure to read means the same thing to the user
         reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         raise InputError(
             f"cannot read {path} as a PyTorch checkpoint ({type(exc).__name__}: {reason}): pass the NLA "

@@ -13,9 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import runs
-from text2live.cli import check_overrides
+from text2live.checkpoints import CheckpointError, read_checkpoint
+from text2live.cli import check_overrides, one_line_errors
 from text2live.config import CONF_DIR
-from text2live.errors import InputError, Text2LiveError
+from text2live.errors import InputError
 from text2live.generator import SkipGenerator, render_layers
 from text2live.io import load_image, save_layers
 from text2live.train import instantiate, is_video
@@ -32,7 +33,10 @@ def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], DictConfig]:
     if path is None:
         ckpt_dir = run_dir / runs.CHECKPOINT_DIR
         raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"], cfg
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a text2live checkpoint (it has no state_dict)")
+    return checkpoint["state_dict"], cfg
 
 
 def generator_from_state(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str) -> SkipGenerator:
@@ -97,11 +101,8 @@ def render(run_dir: str | Path, image_path: str | None = None, out_dir: str | Pa
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="render")
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
+    with one_line_errors("rendering"):
         out = render(cfg.run_dir, cfg.image_path, cfg.out_dir)
-    except Text2LiveError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
     print(f"wrote {out}")
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
+from text2live import files
 from text2live import runs as run_files
 from text2live.errors import InputError, Text2LiveError
 
@@ -309,19 +310,12 @@ def table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> Table:
 
 def _write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` through a temporary file, so that a partial file never appears."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return files.write_text(path, text)
 
 
 def _save_png_atomic(image: Image.Image, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 
@@ -579,10 +573,10 @@ def key_metrics(run: Run) -> list[tuple[str, float]]:
 def gallery_html(entries: Sequence[tuple[Run, str, dict[str, Path | None]]], out: Path, tile_height: int) -> str:
     """The page: one table row per ``(run, label, {column: image file})``; paths relative to ``out``."""
     rows = []
-    for run, label, files in entries:
+    for run, label, images in entries:
         cells = [f'<td class="label"><a href="{_href(run.path, out)}">{html.escape(label)}</a></td>']
         for column in COLUMNS:
-            path = files.get(column)
+            path = images.get(column)
             if path is None:
                 cells.append('<td class="missing">missing</td>')
             else:

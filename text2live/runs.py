@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from text2live import files
+from text2live.checkpoints import (
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    CheckpointError,
+    read_training_checkpoint,
+)
 from text2live.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "DONE"
 CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-FINAL_CHECKPOINT = "final.ckpt"
+LOCK_FILE = ".lock"
+# What a run writes into its folder (removed by ``restart=true``; anything else in the folder is left alone).
+RUN_OUTPUTS = (
+    *(CHECKPOINT_DIR, "steps", "tb", "render", DONE_FILE, "metrics.json"),
+    *("edit.png", "alpha.png", "edit_on_greenscreen.png", "composite.png", "layer_rgba.png"),
+    *("edited.mp4", "edited.gif", "foreground", "background"),
+)
 
-# Keys that may change between a run and its resumption without changing what it computes.
-PRESENTATION_KEYS = ("run_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger")
+# Keys that may change between a run and its resumption without changing what it computes (dotted: nested).
+PRESENTATION_KEYS = (
+    *("run_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger"),
+    *("restart", "resume_from"),
+    *("data.min_input_side", "data.max_aspect_ratio", "data.check_memory"),  # checks of the input, not the edit
+)
 
 
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-def _semantic(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in PRESENTATION_KEYS}
+def _semantic(cfg: dict, prefix: str = "") -> dict:
+    kept = {}
+    for key, value in cfg.items():
+        if f"{prefix}{key}" in PRESENTATION_KEYS:
+            continue
+        kept[key] = _semantic(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+    return kept
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -47,6 +73,78 @@ def checkpoint_path(run_dir: Path) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+class RunBusyError(ConfigError):
+    """Another process is training in the run folder."""
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock while training in it: a second process refuses instead of writing beside it.
+
+    The lock is an ``flock`` on ``<run_dir>/.lock``, released by the kernel when the holder exits, however it exits
+    (a SIGKILL included): a stale lock file never blocks a re-run.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise RunBusyError(
+                f"{run_dir} is being trained by process {holder}: wait for it to finish (or stop it), "
+                "or pass run_dir=<another folder>"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only its holder goes unnamed
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def restart(run_dir: Path) -> None:
+    """Remove what an earlier attempt wrote into ``run_dir`` (its checkpoints, logs and outputs)."""
+    for name in (*RUN_OUTPUTS, CONFIG_FILE, OVERRIDES_FILE):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def resume_checkpoint(run_dir: Path, resume_from: str = "last") -> Path | None:
+    """The checkpoint to resume ``run_dir`` from (``last`` or ``previous``), checked readable; None if none.
+
+    An unreadable checkpoint raises a :class:`CheckpointError` that names the file and the ways on.
+    """
+    folder = run_dir / CHECKPOINT_DIR
+    if resume_from not in ("last", "previous"):
+        raise ConfigError(f"resume_from={resume_from!r} is not valid: use last or previous")
+    path = folder / (LAST_CHECKPOINT if resume_from == "last" else PREVIOUS_CHECKPOINT)
+    if not path.is_file():
+        if resume_from == "previous":
+            raise ConfigError(f"{path} does not exist: run without resume_from, or with restart=true to start over")
+        return None
+    try:
+        read_training_checkpoint(path)
+    except CheckpointError as exc:
+        options = "run the same command with restart=true to start over"
+        previous = folder / PREVIOUS_CHECKPOINT
+        if resume_from == "last" and previous.is_file():
+            try:
+                step = read_training_checkpoint(previous)["global_step"]
+                options = f"resume_from=previous to resume from {previous} (step {step}), or {options}"
+                options = "run the same command with " + options.replace("run the same command with ", "")
+            except CheckpointError:
+                pass
+        raise CheckpointError(f"{exc}: {options}") from None
+    return path
 
 
 def check_same_run(run_dir: Path, cfg: dict) -> bool:
@@ -88,7 +186,7 @@ def write_run_info(run_dir: Path, cfg: dict, overrides: Sequence[str] = ()) -> N
     """The resolved config, the code revision and the command-line overrides (``key=value`` strings; the
     tables of a sweep group its runs by them)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
-    (run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+    files.write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    files.write_text(run_dir / "git_revision.txt", git_revision() + "\n")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("run_dir",)]
-    (run_dir / OVERRIDES_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(kept)))
+    files.write_text(run_dir / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(kept)))

@@ -7,6 +7,7 @@ in :mod:`text2live.video_system`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -49,20 +50,26 @@ class EditSystem(pl.LightningModule):
         for guide in self.guides():
             guide.place(self.device)
 
-    def check_finite(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad:
-            names = [b for b in bad if not b.endswith("total")] or bad
-            raise NonFiniteLossError(step, names)
+    def step_of(self, batch: dict) -> int:
+        """The step a sample was drawn for, which must be the step the trainer is at (or resuming went wrong)."""
+        step = int(batch["step"])
+        if step != self.global_step:
+            raise RuntimeError(f"the sample of step {step} reached training step {self.global_step}")
+        return step
 
-    def log_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float]) -> None:
-        """Write this step's values straight to the loggers as ``train/loss/<name>`` plus ``extra``.
+    def report_step(self, step: int, terms: dict[str, torch.Tensor], extra: dict[str, float]) -> None:
+        """Check that every term is finite and log them, with one read of the values from the device.
 
-        ``self.log`` would repeat the last value of a term on the steps that do not compute it (the bootstrap
-        term after bootstrapping ends) until the epoch ends, and a run is a single epoch.
+        The values go straight to the loggers as ``train/loss/<name>`` plus ``extra``: ``self.log`` would repeat
+        the last value of a term on the steps that do not compute it (the bootstrap term after bootstrapping
+        ends) until the epoch ends, and a run is a single epoch.
         """
-        values = torch.stack([value.detach().float() for value in terms.values()]).tolist()  # one device sync
-        metrics = {f"train/loss/{name}": value for name, value in zip(terms, values)}
+        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))  # one sync
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(step, [b for b in bad if not b.endswith("total")] or bad)
+        self.log("loss", values["total"], prog_bar=True, logger=False, on_step=True)
+        metrics = {f"train/loss/{name}": value for name, value in values.items()}
         metrics.update(extra)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         for logger in self.loggers:
@@ -134,14 +141,12 @@ class ImageEditSystem(EditSystem):
         return [self.losses.guide]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        step = int(batch["step"])
+        step = self.step_of(batch)
         g = torch.Generator().manual_seed(int(batch["seed"]))
         inputs = [batch["crop"]] + ([batch["image"]] if "image" in batch else [])
         outputs = [self(x) for x in inputs]
         terms = self.losses(inputs, outputs, step, g)
-        self.check_finite(step, terms)
-        self.log("loss", terms["total"].detach(), prog_bar=True, logger=False, on_step=True)
-        self.log_step(step, terms, {"train/bootstrap_weight": self.losses.weights(step).get("bootstrap", 0.0)})
+        self.report_step(step, terms, {"train/bootstrap_weight": self.losses.weights(step).get("bootstrap", 0.0)})
         return terms["total"]
 
     # results ----------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 import sys
 import warnings
@@ -20,11 +22,12 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from text2live import runs
-from text2live.callbacks import EditSnapshots
-from text2live.cli import check_overrides
+from text2live import files, runs
+from text2live.callbacks import EditSnapshots, StopOnSignal
+from text2live.checkpoints import CheckpointError, SafeCheckpointIO, check_fits, read_training_checkpoint
+from text2live.cli import check_overrides, one_line_errors
 from text2live.config import CONF_DIR
-from text2live.errors import ConfigError, Text2LiveError
+from text2live.errors import ConfigError, NonFiniteLossError, RunInterrupted, Text2LiveError
 from text2live.system import EditSystem, ImageEditSystem
 from text2live.video_data import AtlasDataModule, check_edit_layers
 from text2live.video_system import VideoEditSystem
@@ -81,10 +84,12 @@ def resolve_config(cfg: DictConfig) -> dict:
 
 
 def _check_run_settings(cfg: dict) -> None:
-    for key, minimum in (("seed", 0), ("steps", 1), ("checkpoint_every", 1)):
+    for key, minimum in (("seed", 0), ("steps", 1), ("checkpoint_every", 1), ("log_images_freq", 0)):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ConfigError(f"{key}={value!r} is not valid: use an integer >= {minimum}")
+    if cfg.setdefault("resume_from", "last") not in ("last", "previous"):
+        raise ConfigError(f"resume_from={cfg.get('resume_from')!r} is not valid: use last or previous")
 
 
 def instantiate(node: DictConfig, **kwargs):
@@ -162,24 +167,62 @@ def _build_video_system(cfg: DictConfig, datamodule: AtlasDataModule) -> VideoEd
     )
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """The run folder exists as a writable folder, or can be created; raises a one-sentence error otherwise."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir={run_dir} is a file, not a folder: pass run_dir=<a folder> (new or a run's)")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the run folder {run_dir}: {existing} is a file; pass run_dir=<a folder>")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        reason = os.strerror(errno.EROFS if read_only else errno.EACCES)
+        what = f"the run folder {run_dir} is" if existing == run_dir else f"cannot create {run_dir}: {existing} is"
+        raise ConfigError(f"{what} not writable ({reason}): pass run_dir=<a folder you can write to>")
+
+
 def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Sequence[str] = ()) -> Path:
     """Run (or resume, or skip if finished) the edit described by ``cfg``; returns the run folder.
 
     The folder ends with ``DONE`` only after every output is written; until then re-running the same
-    config resumes from ``checkpoints/last.ckpt``.
+    config resumes from ``checkpoints/last.ckpt``. While it trains, the folder is locked against other processes.
     """
     plain = resolve_config(cfg)
     _check_prompts(plain)
     _check_run_settings(plain)
     run_dir = Path(plain["run_dir"])
-    resuming = runs.check_same_run(run_dir, plain)
-    if (run_dir / runs.DONE_FILE).exists():
-        log.info("%s is finished (DONE): nothing to do", run_dir)
-        return run_dir
-
+    check_run_dir(run_dir)
+    restart = bool(plain.get("restart"))
+    if not restart:  # a different run, a finished one or an unreadable checkpoint: said before the slow set-up
+        if runs.check_same_run(run_dir, plain) and (run_dir / runs.DONE_FILE).exists():
+            log.info("%s is finished (DONE): nothing to do", run_dir)
+            return run_dir
+        runs.resume_checkpoint(run_dir, plain["resume_from"])
     system, datamodule = build_system(cfg)
-    runs.write_run_info(run_dir, plain, overrides)
+    with runs.locked(run_dir):
+        if restart:
+            log.info("restart=true: removing the checkpoints and outputs of %s", run_dir)
+            runs.restart(run_dir)
+        resuming = runs.check_same_run(run_dir, plain)  # again: the folder may have changed during the set-up
+        if (run_dir / runs.DONE_FILE).exists():
+            log.info("%s is finished (DONE): nothing to do", run_dir)
+            return run_dir
+        ckpt_path = runs.resume_checkpoint(run_dir, plain["resume_from"]) if resuming else None
+        if ckpt_path is not None:
+            try:
+                check_fits(read_training_checkpoint(ckpt_path), system, ckpt_path)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc}: run the same command with restart=true to start over") from None
+        runs.write_run_info(run_dir, plain, overrides)
+        if _fit(cfg, system, datamodule, run_dir, ckpt_path, callbacks):
+            log.info("finished %s", run_dir)
+    return run_dir
 
+
+def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks) -> bool:
+    """Train, then write the results and ``DONE``; False if training stopped early (the run can be resumed)."""
     ckpt_dir = run_dir / runs.CHECKPOINT_DIR
     last = ckpt_dir / runs.LAST_CHECKPOINT
     checkpointing = ModelCheckpoint(
@@ -190,27 +233,37 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Seq
         enable_version_counter=False,
     )
     snapshots = EditSnapshots(run_dir / "steps", cfg.log_images_freq)
+    stop = StopOnSignal(last)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpointing, snapshots, *callbacks])
-    ckpt_path = str(last) if resuming and last.is_file() else None
+    trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        callbacks=[checkpointing, snapshots, stop, *callbacks],
+        plugins=[SafeCheckpointIO()],
+    )
     if ckpt_path:
         log.info("resuming %s from %s", run_dir, ckpt_path)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except NonFiniteLossError as exc:
+        exc.checkpoint = last if last.is_file() else None
+        raise
+    if stop.received is not None:
+        raise RunInterrupted(stop.received, trainer.global_step, cfg.steps, last)
     if trainer.interrupted or trainer.global_step < cfg.steps:
         log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
-        return run_dir
+        return False
 
     system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
     system.save_results(datamodule, run_dir)
-    trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT)
+    trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT, weights_only=False)
     if cfg.get("evaluate", True):
         from text2live.evaluate import evaluate_run  # imports the renderers, which import this module
 
         log.info("evaluating %s", run_dir)
         evaluate_run(run_dir, datamodule=datamodule if isinstance(datamodule, AtlasDataModule) else None)
-    (run_dir / runs.DONE_FILE).write_text(f"{trainer.global_step} steps\n")
-    log.info("finished %s", run_dir)
-    return run_dir
+    files.write_text(run_dir / runs.DONE_FILE, f"{trainer.global_step} steps\n")
+    return True
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -220,15 +273,20 @@ def _hydra_main(cfg: DictConfig) -> None:
         # a job run in-process by a launcher (basic, submitit, ray): its run folder is its sweep folder
         with open_dict(cfg):
             cfg.run_dir = hydra_cfg.runtime.output_dir
-    try:
+    with one_line_errors("training"):
         train(cfg, overrides=list(hydra_cfg.overrides.task))
-    except Text2LiveError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
 
 
 def main() -> None:
-    check_overrides("train", sys.argv[1:], "t2l-train")
+    cfg = check_overrides("train", sys.argv[1:], "t2l-train")
+    if cfg is not None:
+        try:
+            run_dir = Path(cfg.run_dir)
+        except OmegaConfBaseException:
+            run_dir = None  # a missing value in the folder's name is reported once the run starts
+        if run_dir is not None:
+            with one_line_errors("training"):
+                check_run_dir(run_dir)  # before Hydra creates the folder for its log
     _hydra_main()
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from text2live.data import DATA_STREAM, LOSS_STREAM, step_seed
 from text2live.errors import ConfigError, InputError
 from text2live.io import load_frames
+from text2live.loader import StepLoader
 from text2live.nla import LAYERS, load_nla, rasterize_atlas, video_maps
 from text2live.views import color_jitter, rand_chance, rand_int
 
@@ -402,8 +403,8 @@ class AtlasDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        start = self.trainer.global_step if self.trainer is not None else 0
-        return DataLoader(AtlasSteps(self.crops, self.seed, start, self.steps), batch_size=None, num_workers=0)
+        steps = AtlasSteps(self.crops, self.seed, 0, self.steps)
+        return StepLoader(steps, lambda: self.trainer.global_step if self.trainer is not None else 0)
 
 
 def _check_side(size: Sequence[int], minimum: int, what: str) -> None:

@@ -218,7 +218,7 @@ class VideoEditSystem(EditSystem):
         return inputs, outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        step = int(batch["step"])
+        step = self.step_of(batch)
         g = torch.Generator().manual_seed(int(batch["seed"]))
         terms: dict[str, torch.Tensor] = {}
         extra: dict[str, float] = {}
@@ -230,9 +230,7 @@ class VideoEditSystem(EditSystem):
             extra[f"train/bootstrap_weight/{layer}"] = losses.weights(step).get("bootstrap", 0.0)
             total = total + layer_terms["total"]
         terms["total"] = total
-        self.check_finite(step, terms)
-        self.log("loss", total.detach(), prog_bar=True, logger=False, on_step=True)
-        self.log_step(step, terms, extra)
+        self.report_step(step, terms, extra)
         return total
 
     # results ----------------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""scripts/benchmark.py: its record holds every figure, and its counter counts each dispatched aten op once."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    spec = importlib.util.spec_from_file_location("t2l_benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_op_counter_counts_each_dispatched_op(benchmark):
+    x = torch.ones(3)
+    with benchmark.OpCounter() as counter:
+        y = torch.add(x, x)
+        y = torch.add(y, x)
+        torch.add(y, y)
+    assert counter.counts == {"aten.add": 3}
+    torch.add(x, x)  # after the mode: not counted
+    assert sum(counter.counts.values()) == 3
+
+
+class _Linear(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 2, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).square().sum()
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.ones(8, 4), batch_size=2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1, foreach=False)
+
+
+def test_the_counted_window_holds_forward_backward_and_optimiser_step(benchmark):
+    meter = benchmark.StepMeter(timed=1, warmup=0, counted=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        callbacks=[meter],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Linear())
+    assert len(meter.wall) == len(meter.cpu) == 1 and len(meter.ops) == 1
+    ops = meter.ops[0]
+    assert ops["aten.mm"] >= 2  # forward, and the weight's gradient in the backward pass
+    assert ops["aten.add_"] >= 1  # SGD's update of the weight (optimizer step)
+
+
+def test_record_of_a_small_run(benchmark, tmp_path: Path):
+    path = tmp_path / "record.json"
+    argv = ["--small", "--steps", "3", "--warmup", "1", "--count-steps", "1", "--json", str(path)]
+    assert benchmark.main([*argv, "data.resize_input=96", "loss.n_aug=2"]) == 0
+    record = json.loads(path.read_text())
+    assert record["steps_timed"] == 2 and len(record["wall_s"]) == len(record["cpu_s"]) == 2
+    for key in ("wall_s_min", "wall_s_median", "cpu_s_min", "cpu_s_median", "peak_rss_mib"):
+        assert record[key] > 0, key
+    assert record["ops_per_step_min"] > 0 and record["ops_per_step_median"] >= record["ops_per_step_min"]
+    assert len(record["ops_top10"]) == 10
+    assert {"aten.convolution", "aten.convolution_backward"} <= set(record["ops_by_name"])
+    assert "loss.n_aug=2" in record["overrides"] and "clip=tiny" in record["overrides"]
+    assert Path(record["text2live_file"]).resolve().parents[1] == SCRIPT.parents[1]
+    assert record["torch"] == torch.__version__ and record["threads"] >= 1
