@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from torch.testing import assert_close
-from torchvision.transforms import InterpolationMode
 
 from text2live import views
-from text2live.views import ViewAugment, ViewPlan, clip_views, render_views, resize, resize_shorter, resized_shape
+from text2live.views import ViewAugment, clip_views, resize, resize_shorter, resized_shape
 
 NO_AUGMENT = {"flip_p": 0.0, "affine_p": 0.0, "perspective_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0}
 
@@ -91,8 +89,7 @@ def test_clip_views_let_gradients_reach_the_input() -> None:
 
 def test_view_augment_with_zero_probabilities_is_identity() -> None:
     x = _image()
-    params = [ViewAugment(**NO_AUGMENT).draw(torch.Generator().manual_seed(0), 64, 96)]
-    assert torch.equal(render_views(x, (64, 96), params), x)
+    assert torch.equal(ViewAugment(**NO_AUGMENT)(x, torch.Generator().manual_seed(0)), x)
 
 
 @pytest.mark.parametrize("fill", [0.0, 1.0])
@@ -101,81 +98,7 @@ def test_affine_rotation_fills_corners_with_fill_value(fill: float, monkeypatch:
     monkeypatch.setattr(views, "rand_uniform", lambda g, low, high: high)
     augment = ViewAugment(**{**NO_AUGMENT, "affine_p": 1.0}, degrees=45.0, translate=0.0, fill=fill)
     x = torch.full((1, 3, 64, 96), 0.5)
-    out = render_views(x, (64, 96), [augment.draw(torch.Generator().manual_seed(0), 64, 96)], fill=fill)
+    out = augment(x, torch.Generator().manual_seed(0))
     corners = out[..., [0, 0, -1, -1], [0, -1, 0, -1]]
     assert_close(corners, torch.full_like(corners, fill))
     assert out[0, :, 32, 48].tolist() == pytest.approx([0.5, 0.5, 0.5])  # the centre is untouched
-
-
-# the batched views against the per-view pipeline they replace ------------------------------------------------
-
-
-def per_view_augment(augment: ViewAugment, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """One view, one torchvision call at a time: the pipeline the reference-value tests validated."""
-    h, w = x.shape[-2:]
-    fill = [float(augment.fill)] * x.shape[1]
-    if views.rand_chance(g, augment.flip_p):
-        x = x.flip(-1)
-    if views.rand_chance(g, augment.affine_p):
-        angle = views.rand_uniform(g, -augment.degrees, augment.degrees)
-        max_dx, max_dy = augment.translate * w, augment.translate * h
-        shift = [round(views.rand_uniform(g, -max_dx, max_dx)), round(views.rand_uniform(g, -max_dy, max_dy))]
-        x = TF.affine(x, angle, shift, 1.0, [0.0, 0.0], InterpolationMode.BILINEAR, fill)
-    if views.rand_chance(g, augment.perspective_p):
-        end = views._perspective_points(g, w, h, augment.distortion)
-        x = TF.perspective(x, [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], end, InterpolationMode.BILINEAR, fill)
-    if views.rand_chance(g, augment.jitter_p):
-        x = views.color_jitter(x, g, augment.jitter)
-    if views.rand_chance(g, augment.grayscale_p):
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    return x
-
-
-def per_view_clip_views(x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
-    first = resize_shorter(x, 224, 320)
-    shape = tuple(first.shape[-2:])
-    out = [per_view_augment(augment, first, g)]
-    h, w = x.shape[-2:]
-    for _ in range(n_views - 1):
-        s = views.rand_uniform(g, 0.6, 1.0)
-        ch, cw = int(h * s), int(w * s)
-        top, left = views.rand_int(g, 0, h - ch + 1), views.rand_int(g, 0, w - cw + 1)
-        out.append(per_view_augment(augment, resize(x[..., top : top + ch, left : left + cw], shape), g))
-    return torch.cat(out)
-
-
-@pytest.mark.parametrize("hw", [(96, 144), (150, 100), (36, 64), (224, 300), (512, 768)])
-@pytest.mark.parametrize("fill", [0.0, 1.0])
-def test_batched_views_equal_the_per_view_pipeline(hw: tuple[int, int], fill: float) -> None:
-    """Same draws, same views to float32 rounding, for every augmentation at its reference probability."""
-    for seed in range(4):
-        torch.manual_seed(seed)
-        x = torch.rand(1, 3, *hw)
-        expected = per_view_clip_views(x, 8, torch.Generator().manual_seed(seed), ViewAugment(fill=fill))
-        got = clip_views(x, 8, torch.Generator().manual_seed(seed), ViewAugment(fill=fill))
-        assert got.shape == expected.shape
-        assert (got - expected).abs().max() < 5e-6
-
-
-@pytest.mark.parametrize("kind", ["flip_p", "affine_p", "perspective_p", "grayscale_p"])
-def test_batched_views_have_the_per_view_gradient(kind: str) -> None:
-    """Without the colour jitter (whose hue change and clamps make the gradient jump at a last-bit difference),
-    the gradient reaching the image is the per-view pipeline's."""
-    augment = ViewAugment(**{**NO_AUGMENT, kind: 0.5})
-    x = _image().requires_grad_(True)
-    weights = torch.randn(8, 3, 213, 320, generator=torch.Generator().manual_seed(0))
-    expected = per_view_clip_views(x, 8, torch.Generator().manual_seed(3), augment)
-    got = clip_views(x, 8, torch.Generator().manual_seed(3), augment)
-    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
-    (got_grad,) = torch.autograd.grad((got * weights).sum(), x)
-    assert_close(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
-
-
-def test_a_view_plan_draws_in_call_order_and_renders_an_image_once() -> None:
-    x, y = _image(), torch.rand(1, 3, 48, 48)
-    plan = ViewPlan(torch.Generator().manual_seed(5), 3, ViewAugment())
-    assert [plan.draw(x), plan.draw(y), plan.draw(x)] == [0, 1, 2]
-    rendered = plan.render()
-    g = torch.Generator().manual_seed(5)
-    for image, got in zip((x, y, x), rendered, strict=True):  # the same draws, one image after another
-        assert_close(got, clip_views(image, 3, g, ViewAugment()), rtol=0, atol=1e-6)

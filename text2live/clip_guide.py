@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from text2live.errors import ConfigError, InputError, MissingWeightsError
-from text2live.views import ViewPlan, resize_shorter
+from text2live.views import ViewAugment, clip_views, resize_shorter
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
@@ -347,20 +347,10 @@ class ClipGuide(nn.Module):
         tokens = visual.transformer(self._tokens(visual, x))
         return (visual.ln_post(tokens[0]) @ visual.proj).float()
 
-    def embed_views(self, plan: ViewPlan) -> torch.Tensor:
-        """Embeddings [draws, views, D] of the views a :class:`ViewPlan` drew, in one CLIP call per view shape."""
-        views = plan.render()
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, v in enumerate(views):
-            by_shape.setdefault(tuple(v.shape), []).append(i)
-        order = [i for members in by_shape.values() for i in members]
-        embedded = torch.cat(
-            [self.encode_image(self.normalize(torch.cat([views[i] for i in m]))) for m in by_shape.values()]
-        )
-        embedded = embedded.view(len(views), plan.n_views, -1)
-        if order != sorted(order):
-            embedded = embedded[torch.tensor(order, device=embedded.device).argsort()]
-        return embedded
+    def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
+        """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
+        views = clip_views(x, n_views, g, augment, legacy=self.legacy_resize)
+        return self.encode_image(self.normalize(views))
 
     def self_similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine self-similarity [N, L, L] of all tokens (class token included) before the last block."""

@@ -15,7 +15,7 @@ from torch import nn
 
 from text2live.clip_guide import SCREEN_TEMPLATES, TEMPLATES, ClipGuide
 from text2live.errors import ConfigError
-from text2live.views import ViewAugment, ViewPlan, resize
+from text2live.views import ViewAugment, resize
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,12 +40,6 @@ def sparsity_terms(alphas: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.
     l1 = sum(a.mean() for a in alphas) / len(alphas)
     l0 = sum(((torch.sigmoid(a * 5.0) - 0.5) * 2.0).mean() for a in alphas) / len(alphas)
     return l1, l0
-
-
-def direction_loss(inputs_e: torch.Tensor, composites_e: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """``1 - cos(E(composite view) - E(input view), direction)`` averaged over pairs, views and directions."""
-    change = (composites_e - inputs_e)[:, :, None]
-    return 1 - F.cosine_similarity(change, directions[None, None], dim=-1).mean()
 
 
 def pick_rows(g: torch.Generator, n_rows: int) -> torch.Tensor:
@@ -199,69 +193,50 @@ class LossStack(nn.Module):
             terms["bootstrap"] = self.bootstrap_loss([o["alpha"] for o in outputs], inputs)
         if "structure" in weights:
             terms["structure"] = self.structure_loss(inputs, composites)
-        terms.update(self.view_losses(inputs, outputs, g, weights))
+        if "composition" in weights:
+            terms["composition"] = self.clip_loss(composites, self.comp_e, g)
+            terms["direction"] = self.direction_loss(inputs, composites, g)
         if "sparsity" in weights:
             l1, l0 = sparsity_terms([o["alpha"] for o in outputs])
             terms["sparsity"] = self.lambda_alpha_l1 * l1 + self.lambda_alpha_l0 * l0
             terms["sparsity_l1"], terms["sparsity_l0"] = l1, l0
+        if "screen" in weights:
+            terms["screen"] = self.clip_loss([o["edit_on_greenscreen"] for o in outputs], self.screen_e, g)
         total = sum((weights[name] * terms[name] for name in weights), torch.zeros((), device=self.src_e.device))
         return {**terms, "total": total}
 
-    def view_losses(
-        self,
-        inputs: Sequence[torch.Tensor],
-        outputs: Sequence[dict[str, torch.Tensor]],
-        g: torch.Generator,
-        weights: dict[str, float],
-    ) -> dict[str, torch.Tensor]:
-        """The composition, direction and screen terms: the CLIP loss of each output's views against random text
-        rows, and the direction from the input's views to the composite's.
+    def clip_loss(self, images: Sequence[torch.Tensor], targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Criterion between the views of each image and a random subset of the target text rows."""
+        rows = targets[pick_rows(g, len(targets)).to(targets.device)]
+        loss = 0.0
+        for image in images:
+            embeddings = self.guide.embed_views(image, self.n_aug, g, self.augment)
+            for row in rows:
+                loss = loss + self.criterion(embeddings, row[None])
+        return loss / (len(images) * len(rows))
 
-        Every random draw is made first, in the order the terms take them one after the other (text rows, then
-        the views of each image), then all views are built and embedded at once (:meth:`ClipGuide.embed_views`).
-        """
-        views = ViewPlan(g, self.n_aug, self.augment, self.guide.legacy_resize)
-        if "composition" in weights:
-            comp_rows = pick_rows(g, len(self.comp_e))
-            comp = [views.draw(o["composite"]) for o in outputs]
-            dir_rows = pick_rows(g, min(len(self.src_e), len(self.comp_e)))
-            pairs = [(views.draw(x), views.draw(o["composite"])) for x, o in zip(inputs, outputs, strict=True)]
-        if "screen" in weights:
-            screen_rows = pick_rows(g, len(self.screen_e))
-            screen = [views.draw(o["edit_on_greenscreen"]) for o in outputs]
-        if not views.requests:
-            return {}
-        embeddings = self.guide.embed_views(views)
-        terms = {}
-        if "composition" in weights:
-            terms["composition"] = self.text_loss(embeddings[comp], self.comp_e, comp_rows)
-            inputs_e, composites_e = embeddings[[i for i, _ in pairs]], embeddings[[o for _, o in pairs]]
-            rows = dir_rows.to(self.src_e.device)
-            terms["direction"] = direction_loss(inputs_e, composites_e, self.comp_e[rows] - self.src_e[rows])
-        if "screen" in weights:
-            terms["screen"] = self.text_loss(embeddings[screen], self.screen_e, screen_rows)
-        return terms
-
-    def text_loss(self, embeddings: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The criterion between the views' embeddings [images, views, D] and the picked text rows, averaged."""
-        picked = targets[rows.to(targets.device)]
-        return self.criterion(embeddings[:, :, None], picked[None, None])
+    def direction_loss(
+        self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor], g: torch.Generator
+    ) -> torch.Tensor:
+        """``1 - cos(E(composite views) - E(input views), comp row - src row)`` over random paired rows."""
+        n = min(len(self.src_e), len(self.comp_e))
+        idx = pick_rows(g, n).to(self.src_e.device)
+        directions = self.comp_e[idx] - self.src_e[idx]
+        loss = 0.0
+        for image, composite in zip(inputs, composites, strict=True):
+            in_e = self.guide.embed_views(image, self.n_aug, g, self.augment)
+            out_e = self.guide.embed_views(composite, self.n_aug, g, self.augment)
+            for direction in directions:
+                loss = loss + 1 - F.cosine_similarity(out_e - in_e, direction[None], dim=-1).mean()
+        return loss / (len(inputs) * len(directions))
 
     def structure_loss(self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor]) -> torch.Tensor:
-        """MSE between the CLIP self-similarities of each composite and its input (the target without gradient).
-
-        Inputs and composites of one shape go through CLIP together.
-        """
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, image in enumerate(inputs):
-            groups.setdefault(tuple(image.shape), []).append(i)
+        """MSE between the CLIP self-similarities of each composite and its input (target without grad)."""
         loss = 0.0
-        for members in groups.values():
-            batch = torch.cat([inputs[i] for i in members] + [composites[i] for i in members])
-            sims = self.guide.self_similarity(batch).float()
-            target, predicted = sims[: len(members)].detach(), sims[len(members) :]
-            for k in range(len(members)):
-                loss = loss + F.mse_loss(predicted[k], target[k])
+        for image, composite in zip(inputs, composites, strict=True):
+            with torch.no_grad():
+                target = self.guide.self_similarity(image).float()
+            loss = loss + F.mse_loss(self.guide.self_similarity(composite).float(), target)
         return loss / len(inputs)
 
     def bootstrap_loss(self, alphas: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
