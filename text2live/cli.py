@@ -83,6 +83,8 @@ def _wrongly_typed(overrides: list[str], defaults: DictConfig) -> str | None:
             default = OmegaConf.select(defaults, key, throw_on_missing=False, throw_on_resolution_failure=False)
         except Exception:  # noqa: BLE001 - an unusual key: Hydra's own composition has already judged it
             continue
+        if isinstance(value, str) and "${" in value:  # an interpolation: judged once resolved
+            continue
         if isinstance(default, bool) and not isinstance(value, bool):
             return f"{key}={value} is not valid: {key} takes true or false"
         if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
