@@ -33,10 +33,10 @@ VIDEO = ["steps=10", "loss.n_aug=6", "data.entire_atlas_every=3"]
 VIDEO_STEPS = (0, 1, 3)
 
 
-def image_config(run_dir: Path):
+def image_config(run_dir: Path, *extra: str):
     prompts = ["comp_text=golden cat", "src_text=cat", "screen_text=golden"]
     image = f"image_path={ASSETS_DIR / 'cat.png'}"
-    return compose_config([image, *prompts, *TINY, *IMAGE, f"run_dir={run_dir}"])
+    return compose_config([image, *prompts, *TINY, *IMAGE, f"run_dir={run_dir}", *extra])
 
 
 def video_config(video: tuple[Path, Path], run_dir: Path):
@@ -110,6 +110,21 @@ def test_step_terms_and_gradients_equal_the_per_view_implementation(values, expe
         worst = max(grads, key=lambda k: float((new[k] - old[k]).norm()))
         error = float((new[worst] - old[worst]).norm() / scale)
         assert error <= RTOL, f"{kind} step {step}: {worst} differs by {error:.2e} of the gradient's norm"
+
+
+# options that may change speed and memory, never the numbers (each against the stored image steps)
+OPTIONS = ["clip.checkpoint_views=true"]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_an_option_for_speed_or_memory_changes_no_number(expected, tmp_path, option):
+    with torch_threads(THREADS):
+        system, datamodule = build_system(image_config(tmp_path, option))
+        values = step_values(system, datamodule, IMAGE_STEPS[:2])
+    for step, new in values.items():
+        old = expected["image"][step]
+        assert set(new) == set(old)
+        assert all(relative_error(new[key], old[key]) <= RTOL for key in old), f"{option} changes step {step}"
 
 
 def test_the_steps_exercise_every_term(expected):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from text2live.errors import ConfigError, InputError, MissingWeightsError
 from text2live.views import ViewAugment, clip_views, resize_shorter
@@ -233,6 +234,9 @@ class ClipGuide(nn.Module):
         swap_pos_embed_hw: interpolate the positional embedding with height and width swapped, as the
             reference does for non-square inputs (its bug 2).
         relevancy_num_layers: relevancy uses the attention of blocks with index greater than this.
+        checkpoint_views: keep only the inputs of the view embeddings for the backward pass and run CLIP on
+            them again there (activation checkpointing): less memory, one more CLIP forward of the views,
+            the same numbers.
     """
 
     def __init__(
@@ -243,6 +247,7 @@ class ClipGuide(nn.Module):
         legacy_resize: bool = True,
         swap_pos_embed_hw: bool = True,
         relevancy_num_layers: int = 10,
+        checkpoint_views: bool = False,
     ) -> None:
         super().__init__()
         if precision not in ("auto", "fp32", "fp16"):
@@ -262,6 +267,7 @@ class ClipGuide(nn.Module):
         self.legacy_resize = legacy_resize
         self.swap_pos_embed_hw = swap_pos_embed_hw
         self.relevancy_num_layers = relevancy_num_layers
+        self.checkpoint_views = checkpoint_views
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.train(False)
@@ -349,8 +355,10 @@ class ClipGuide(nn.Module):
 
     def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
         """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
-        views = clip_views(x, n_views, g, augment, legacy=self.legacy_resize)
-        return self.encode_image(self.normalize(views))
+        views = self.normalize(clip_views(x, n_views, g, augment, legacy=self.legacy_resize))
+        if self.checkpoint_views and torch.is_grad_enabled() and views.requires_grad:
+            return checkpoint(self.encode_image, views, use_reentrant=False)
+        return self.encode_image(views)
 
     def self_similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine self-similarity [N, L, L] of all tokens (class token included) before the last block."""
@@ -440,6 +448,7 @@ def build_guide(
     swap_pos_embed_hw: bool = True,
     relevancy_name: str | None = "ViT-B/32",
     relevancy_num_layers: int = 10,
+    checkpoint_views: bool = False,
     tiny: dict | None = None,
 ) -> ClipGuide:
     """Build the guidance from the ``clip`` config group.
@@ -456,4 +465,6 @@ def build_guide(
     relevancy_model = None
     if relevancy_name is not None and relevancy_name != name:
         relevancy_model = load_clip_model(relevancy_name, None, download_root)
-    return ClipGuide(model, relevancy_model, precision, legacy_resize, swap_pos_embed_hw, relevancy_num_layers)
+    return ClipGuide(
+        model, relevancy_model, precision, legacy_resize, swap_pos_embed_hw, relevancy_num_layers, checkpoint_views
+    )
