@@ -1,6 +1,7 @@
 """A full disk (a real one: a small tmpfs, filled up) stops a run with one sentence and corrupts nothing.
 
-The run resumes from its last good checkpoint once space is freed, and ends exactly as an uninterrupted run.
+The run resumes from its last good checkpoint once space is freed (that a resumed run ends exactly as an
+uninterrupted one is tests/test_kill_resume.py's subject).
 Mounting needs root (the CI machines run as root); elsewhere the module is skipped.
 """
 
@@ -12,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_kill_resume import checkpoint_step, final_outputs, image_overrides, one_error_line, run
+from test_kill_resume import STEPS, checkpoint_step, image_overrides, one_error_line, run
 
 DISK_MB = 24
 
@@ -78,9 +79,8 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_the_run_resumes(tmp_path: 
     assert not [p.name for p in run_dir.rglob("*.part*")]  # no temporary file left behind
     assert "no space left" in (run_dir / "train.log").read_text(errors="replace")
 
-    filler.unlink()
+    filler.unlink()  # with space again, the same command resumes from step 4 and finishes
     finished = run(overrides)
     assert finished.returncode == 0, finished.stderr
-    reference = run(image_overrides(cat, tmp_path / "uninterrupted"))
-    assert reference.returncode == 0, reference.stderr
-    assert final_outputs(run_dir) == final_outputs(tmp_path / "uninterrupted")
+    assert "resuming" in finished.stdout + finished.stderr
+    assert (run_dir / "DONE").is_file() and checkpoint_step(run_dir / "checkpoints" / "final.ckpt") == STEPS
