@@ -124,8 +124,6 @@ def resume_checkpoint(run_dir: Path, resume_from: str = "last") -> Path | None:
     An unreadable checkpoint raises a :class:`CheckpointError` that names the file and the ways on.
     """
     folder = run_dir / CHECKPOINT_DIR
-    if resume_from not in ("last", "previous"):
-        raise ConfigError(f"resume_from={resume_from!r} is not valid: use last or previous")
     path = folder / (LAST_CHECKPOINT if resume_from == "last" else PREVIOUS_CHECKPOINT)
     if not path.is_file():
         if resume_from == "previous":
@@ -134,16 +132,15 @@ def resume_checkpoint(run_dir: Path, resume_from: str = "last") -> Path | None:
     try:
         read_training_checkpoint(path)
     except CheckpointError as exc:
-        options = "run the same command with restart=true to start over"
+        ways = ["restart=true to start over"]
         previous = folder / PREVIOUS_CHECKPOINT
         if resume_from == "last" and previous.is_file():
             try:
                 step = read_training_checkpoint(previous)["global_step"]
-                options = f"resume_from=previous to resume from {previous} (step {step}), or {options}"
-                options = "run the same command with " + options.replace("run the same command with ", "")
+                ways.insert(0, f"resume_from=previous to resume from {previous} (step {step})")
             except CheckpointError:
                 pass
-        raise CheckpointError(f"{exc}: {options}") from None
+        raise CheckpointError(f"{exc}: run the same command with {', or '.join(ways)}") from None
     return path
 
 
