@@ -6,7 +6,7 @@ import errno
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hydra import compose, initialize_config_dir
@@ -18,7 +18,6 @@ from text2live.config import CONF_DIR
 from text2live.errors import Text2LiveError
 from text2live.files import NO_SPACE, no_space_message
 
-log = logging.getLogger("text2live")
 
 
 def _one_line(message: str) -> str:
@@ -153,7 +152,7 @@ def os_error_message(exc: OSError) -> str | None:
 
 
 @contextmanager
-def one_line_errors(what: str, interrupted: Callable[[], str] | None = None) -> Iterator[None]:
+def one_line_errors(what: str) -> Iterator[None]:
     """Turn the project's errors, a full or read-only disk and Ctrl-C into one ``error:`` line and an exit code.
 
     ``what`` names the command's work in the Ctrl-C message (``"training"``).
