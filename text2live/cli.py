@@ -19,7 +19,6 @@ from text2live.errors import Text2LiveError
 from text2live.files import NO_SPACE, no_space_message
 
 
-
 def _one_line(message: str) -> str:
     message = message.split("Config search path")[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
