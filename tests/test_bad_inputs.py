@@ -31,7 +31,7 @@ from PIL import Image
 
 from text2live import evaluate, render, runs
 from text2live import train as train_module
-from text2live.cli import check_overrides
+from text2live.cli.common import check_overrides
 from text2live.config import ASSETS_DIR
 from text2live.train import train
 

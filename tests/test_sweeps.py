@@ -265,7 +265,7 @@ def test_the_ray_launcher_gives_every_task_one_gpu():
     ],
 )
 def test_a_bad_sweep_command_ends_in_one_line_before_any_job_starts(argv, message, capsys):
-    from text2live.cli import check_overrides
+    from text2live.cli.common import check_overrides
 
     with pytest.raises(SystemExit) as exit_info:
         check_overrides("train", argv, "t2l-train")
@@ -275,6 +275,6 @@ def test_a_bad_sweep_command_ends_in_one_line_before_any_job_starts(argv, messag
 
 
 def test_a_good_sweep_command_passes_the_check():
-    from text2live.cli import check_overrides
+    from text2live.cli.common import check_overrides
 
     check_overrides("train", ["-m", "+sweep=fur", "edit=golden,silver", "seed=range(0,3)"], "t2l-train")

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import files, runs
+from text2live.runs import METRICS_FILE, find_runs, load_config
 from text2live.clip_guide import ClipGuide
 from text2live.errors import InputError, Text2LiveError
 from text2live.io import load_image
@@ -25,7 +26,6 @@ from text2live.render import generator_from_state, load_generator, load_run, ren
 from text2live.train import instantiate, is_video
 from text2live.video_system import render_video
 
-METRICS_FILE = "metrics.json"
 TB_DIR = "tb"
 TB_PREFIX = "eval/"
 
@@ -38,13 +38,6 @@ SUMMARY = (("clip_score", "clip_score"), ("clip_directional_similarity", "clip_d
 
 
 # configs ----------------------------------------------------------------------------------------------------
-
-
-def load_config(run_dir: Path) -> DictConfig:
-    path = Path(run_dir) / runs.CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a text2live run folder (no {runs.CONFIG_FILE})")
-    return OmegaConf.load(path)
 
 
 def flatten_hparams(cfg: dict | DictConfig, prefix: str = "") -> dict[str, str | int | float | bool]:
@@ -227,15 +220,6 @@ def evaluate_run(
 
 
 # many runs --------------------------------------------------------------------------------------------------
-
-
-def find_runs(folder: str | Path) -> list[Path]:
-    """Every finished run (a folder holding ``config.yaml`` and ``DONE``) at or below ``folder``, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder: pass a run folder or a folder of runs (e.g. outputs/)")
-    found = {p.parent for p in folder.rglob(runs.CONFIG_FILE) if (p.parent / runs.DONE_FILE).is_file()}
-    return sorted(found)
 
 
 def summary(run_dir: Path, metrics: dict[str, float | None], note: str = "") -> str:

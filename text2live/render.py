@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from text2live import runs
 from text2live.checkpoints import CheckpointError, read_checkpoint
-from text2live.cli import check_overrides, one_line_errors
+from text2live.cli.common import check_overrides, one_line_errors
 from text2live.config import CONF_DIR
 from text2live.errors import InputError
 from text2live.generator import SkipGenerator, render_layers

@@ -145,7 +145,7 @@ def collect(folder: str | os.PathLike) -> list[Run]:
     :class:`RunSkippedWarning` that says to run ``t2l-eval``; so is a run whose ``metrics.json`` is older than
     its checkpoint. Raises :class:`~text2live.errors.InputError` if ``folder`` is not a folder.
     """
-    from text2live.evaluate import METRICS_FILE, find_runs
+    from text2live.runs import METRICS_FILE, find_runs
 
     found = sorted(find_runs(folder), key=_natural_key)
     collected = []
@@ -722,7 +722,7 @@ def main(argv: list[str] | None = None) -> None:
             _print_warnings(caught)
             caught.clear()
             if not found:
-                from text2live.evaluate import find_runs
+                from text2live.runs import find_runs
 
                 if not find_runs(folder):
                     _fail(

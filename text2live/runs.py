@@ -20,11 +20,12 @@ from text2live.checkpoints import (
     CheckpointError,
     read_training_checkpoint,
 )
-from text2live.errors import ConfigError
+from text2live.errors import ConfigError, InputError
 
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "DONE"
+METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 # What a run writes into its folder (removed by ``restart=true``; anything else in the folder is left alone).
@@ -187,3 +188,20 @@ def write_run_info(run_dir: Path, cfg: dict, overrides: Sequence[str] = ()) -> N
     files.write_text(run_dir / "git_revision.txt", git_revision() + "\n")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("run_dir",)]
     files.write_text(run_dir / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(kept)))
+
+
+def load_config(run_dir: Path) -> DictConfig:
+    """The config a run was trained with (``config.yaml``)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a text2live run folder (no {CONFIG_FILE}): pass a run folder")
+    return OmegaConf.load(path)
+
+
+def find_runs(folder: str | Path) -> list[Path]:
+    """Every finished run (a folder holding ``config.yaml`` and ``DONE``) at or below ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder: pass a run folder or a folder of runs (e.g. outputs/)")
+    found = {p.parent for p in folder.rglob(CONFIG_FILE) if (p.parent / DONE_FILE).is_file()}
+    return sorted(found)

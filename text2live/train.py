@@ -22,10 +22,10 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from text2live import files, runs
+from text2live import files, runs, speed
 from text2live.callbacks import EditSnapshots, StopOnSignal
 from text2live.checkpoints import CheckpointError, SafeCheckpointIO, check_fits, read_training_checkpoint
-from text2live.cli import check_overrides, one_line_errors
+from text2live.cli.common import check_overrides, one_line_errors
 from text2live.config import CONF_DIR
 from text2live.errors import ConfigError, NonFiniteLossError, RunInterrupted, Text2LiveError
 from text2live.system import EditSystem, ImageEditSystem
@@ -120,13 +120,16 @@ def build_system(cfg: DictConfig) -> tuple[EditSystem, pl.LightningDataModule]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     if isinstance(datamodule, AtlasDataModule):
-        return _build_video_system(cfg, datamodule), datamodule
+        system = _build_video_system(cfg, datamodule)
+        speed.apply_options(cfg, system)
+        return system, datamodule
     generator = instantiate(cfg.generator)
     datamodule.setup("fit")
     guide = instantiate(cfg.clip)
     losses = instantiate(cfg.loss, guide=guide)
     optimizer = _optimizer(cfg, generator)
     system = ImageEditSystem(generator, losses, optimizer, lr_decay=cfg.optim.lr_decay, min_lr=cfg.optim.min_lr)
+    speed.apply_options(cfg, system)
     return system, datamodule
 
 
