@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import files, runs
-from text2live.runs import METRICS_FILE, find_runs, load_config
 from text2live.clip_guide import ClipGuide
 from text2live.errors import InputError, Text2LiveError
 from text2live.io import load_image
 from text2live.metrics import image_metrics, video_metrics
 from text2live.render import generator_from_state, load_generator, load_run, render_image
+from text2live.runs import METRICS_FILE, find_runs, load_config
 from text2live.train import instantiate, is_video
 from text2live.video_system import render_video
 
