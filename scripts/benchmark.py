@@ -304,7 +304,7 @@ def measure(
 
     import text2live
     from text2live.config import CONF_DIR
-    from text2live.train import build_system
+    from text2live.build import build_system
 
     with tempfile.TemporaryDirectory(prefix="t2l-benchmark-") as scratch:
         if video and video_dir is None:

@@ -24,7 +24,7 @@ from text2live.errors import InputError
 from text2live.generator import SkipGenerator
 from text2live.losses import LossStack
 from text2live.system import ImageEditSystem
-from text2live.train import build_system
+from text2live.build import build_system
 from text2live.video_data import AtlasDataModule
 from text2live.video_system import VideoEditSystem
 
@@ -335,7 +335,7 @@ def test_render_config_composes():
 
 def test_train_help_lists_the_groups():
     result = subprocess.run(
-        [sys.executable, "-m", "text2live.train", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "text2live.cli.train", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

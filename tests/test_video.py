@@ -40,7 +40,8 @@ from text2live.clip_guide import TEMPLATES
 from text2live.errors import ConfigError, InputError
 from text2live.generator import GREENSCREEN_RGB, SkipGenerator, render_layers
 from text2live.io import to_uint8
-from text2live.train import build_system, train
+from text2live.build import build_system
+from text2live.training import train
 from text2live.video_data import AtlasDataModule
 from text2live.video_system import VideoEditSystem, compose_video, render_layer, sample_atlas
 
@@ -672,7 +673,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "text2live.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "text2live.cli.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -696,7 +697,7 @@ def cli_args(video, run_dir: Path, *extra: str) -> list[str]:
 
 
 def test_cli_video_run(video, tmp_path):
-    """``python -m text2live.train experiment=video ...`` trains and writes the outputs, nothing elsewhere."""
+    """``python -m text2live.cli.train experiment=video ...`` trains and writes the outputs, nothing elsewhere."""
     run_dir = tmp_path / "run"
     result = run_cli(*cli_args(video, run_dir, "steps=1", "log_images_freq=0"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
