@@ -191,7 +191,7 @@ class CliResult:
 
 
 def run_cli(main, argv: list[str], capsys, monkeypatch) -> CliResult:
-    """Run an entry point's ``main`` (``text2live.train.main`` ...) with ``argv``, as its console script would.
+    """Run an entry point's ``main`` (``text2live.cli.train.main`` ...) with ``argv``, as its console script would.
 
     Use the subprocess form where the process itself matters (signals, exit of the interpreter, a lock held by
     another process); this one costs no interpreter start.

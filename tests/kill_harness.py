@@ -63,6 +63,6 @@ def plant(moment: str) -> None:
 if __name__ == "__main__":
     plant(sys.argv[1])
     sys.argv = ["t2l-train", *sys.argv[2:]]
-    from text2live.train import main
+    from text2live.cli.train import main
 
     main()

@@ -29,11 +29,13 @@ import torch
 from conftest import TINY, VIDEO_TINY, CliResult, compose_config, run_cli, video_overrides
 from PIL import Image
 
-from text2live import evaluate, render, runs
-from text2live import train as train_module
+from text2live import runs, training
+from text2live.cli import eval as eval_cli
+from text2live.cli import render as render_cli
+from text2live.cli import train as train_cli
 from text2live.cli.common import check_overrides
 from text2live.config import ASSETS_DIR
-from text2live.train import train
+from text2live.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -234,7 +236,7 @@ def test_a_bad_image_is_refused_before_anything_is_written(cli, tmp_path, kind):
     make, expected = BAD_IMAGES[kind]
     image = make(tmp_path / "input.png")
     run_dir = tmp_path / "run"
-    line = refused(cli(train_module.main, image_args(image, run_dir)))
+    line = refused(cli(train_cli.main, image_args(image, run_dir)))
     assert str(image) in line and expected in line
     if kind not in ("missing", "folder"):
         assert "pass a PNG or JPEG file" in line
@@ -244,7 +246,7 @@ def test_a_bad_image_is_refused_before_anything_is_written(cli, tmp_path, kind):
 
 def test_an_image_path_that_is_a_folder_is_called_a_folder(cli, tmp_path):
     folder = _folder(tmp_path / "images")
-    line = refused(cli(train_module.main, image_args(folder, tmp_path / "run")))
+    line = refused(cli(train_cli.main, image_args(folder, tmp_path / "run")))
     assert "folder" in line and "does not exist" not in line
 
 
@@ -265,13 +267,13 @@ def test_an_empty_or_missing_prompt_is_refused(cli, cat, tmp_path, override, exp
     run_dir = tmp_path / "run"
     args = image_args(cat, run_dir)
     args = [a for a in args if not a.startswith("comp_text=")] if override is None else [*args, override]
-    assert refused(cli(train_module.main, args)).startswith(f"error: {expected}")
+    assert refused(cli(train_cli.main, args)).startswith(f"error: {expected}")
     assert_not_started(run_dir)
 
 
 def test_an_unlexable_prompt_says_how_to_quote_it(cli, cat, tmp_path):
     run_dir = tmp_path / "run"
-    line = refused(cli(train_module.main, [*image_args(cat, run_dir), "comp_text=golden 🐱"]))
+    line = refused(cli(train_cli.main, [*image_args(cat, run_dir), "comp_text=golden 🐱"]))
     assert "'comp_text=golden 🐱' cannot be read" in line
     assert "quote the value, e.g. 'comp_text=\"golden 🐱\"'" in line
     assert not run_dir.exists()  # refused before Hydra made the folder
@@ -305,19 +307,19 @@ def test_the_quoted_prompt_is_accepted(cat, tmp_path):
 def test_a_bad_config_value_is_refused(cli, cat, tmp_path, override, expected):
     """Also the non-numeric values of numeric keys: refused before the run starts, naming the key given."""
     run_dir = tmp_path / "run"
-    line = refused(cli(train_module.main, [*image_args(cat, run_dir), override]))
+    line = refused(cli(train_cli.main, [*image_args(cat, run_dir), override]))
     assert expected in line
     assert_not_started(run_dir)
 
 
 def test_an_unknown_group_option_lists_the_options(cli, cat, tmp_path):
-    line = refused(cli(train_module.main, [*image_args(cat, tmp_path / "run"), "clip=nope"]))
+    line = refused(cli(train_cli.main, [*image_args(cat, tmp_path / "run"), "clip=nope"]))
     assert "Available options in 'clip'" in line and "tiny" in line and "vit_b32" in line
 
 
 def test_a_bad_resume_from_is_refused_when_resuming(cli, cat, run_copy):
     before = files_of(run_copy)
-    line = refused(cli(train_module.main, image_args(cat, run_copy, "resume_from=bogus")))
+    line = refused(cli(train_cli.main, image_args(cat, run_copy, "resume_from=bogus")))
     assert line == "error: resume_from='bogus' is not valid: use last or previous"
     assert files_of(run_copy) == before
     assert_nothing_finished(run_copy)
@@ -327,8 +329,8 @@ def test_a_bad_resume_from_is_refused_on_a_new_run(cli, cat, tmp_path, monkeypat
     def build_system(cfg):
         raise AssertionError("training started despite resume_from=bogus")
 
-    monkeypatch.setattr(train_module, "build_system", build_system)
-    line = refused(cli(train_module.main, image_args(cat, tmp_path / "run", "resume_from=bogus")))
+    monkeypatch.setattr(training, "build_system", build_system)
+    line = refused(cli(train_cli.main, image_args(cat, tmp_path / "run", "resume_from=bogus")))
     assert "resume_from='bogus' is not valid" in line
 
 
@@ -339,7 +341,7 @@ def test_a_run_dir_that_is_a_file_is_refused(cli, cat, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("keep me\n")
     before = path.stat().st_mtime_ns
-    line = refused(cli(train_module.main, image_args(cat, path)))
+    line = refused(cli(train_cli.main, image_args(cat, path)))
     assert line == f"error: run_dir={path} is a file, not a folder: pass run_dir=<a folder> (new or a run's)"
     assert path.read_text() == "keep me\n" and path.stat().st_mtime_ns == before
 
@@ -366,7 +368,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("inside", [False, True], ids=["the_mount", "a_new_folder_in_it"])
 def test_a_run_dir_on_a_read_only_file_system_is_refused(cli, cat, read_only_dir, inside):
     run_dir = read_only_dir / "run" if inside else read_only_dir
-    line = refused(cli(train_module.main, image_args(cat, run_dir)))
+    line = refused(cli(train_cli.main, image_args(cat, run_dir)))
     assert str(run_dir) in line
     assert "pass run_dir=<a folder you can write to>" in line
     if inside:
@@ -376,7 +378,7 @@ def test_a_run_dir_on_a_read_only_file_system_is_refused(cli, cat, read_only_dir
 
 def test_a_folder_holding_another_run_is_refused_and_kept(cli, cat, run_copy):
     before = files_of(run_copy)
-    line = refused(cli(train_module.main, image_args(cat, run_copy, "comp_text=silver cat")))
+    line = refused(cli(train_cli.main, image_args(cat, run_copy, "comp_text=silver cat")))
     assert line.startswith(f"error: {run_copy} already holds a different run (comp_text: 'golden cat' -> 'silver cat'")
     assert line.endswith("): pass run_dir=<another folder> or remove that folder")
     assert files_of(run_copy) == before
@@ -401,7 +403,7 @@ def test_a_run_folder_locked_by_a_live_process_is_refused(cli, cat, run_copy):
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = files_of(run_copy)
-        line = refused(cli(train_module.main, image_args(cat, run_copy)))
+        line = refused(cli(train_cli.main, image_args(cat, run_copy)))
         assert line == (
             f"error: {run_copy} is being trained by process {holder.pid}: wait for it to finish (or stop it), "
             "or pass run_dir=<another folder>"
@@ -457,7 +459,7 @@ def test_a_bad_last_checkpoint_names_the_file_and_restart(cli, cat, run_copy, ma
     last = run_copy / "checkpoints" / "last.ckpt"
     damage(last, marker)
     before = files_of(run_copy)
-    line = refused(cli(train_module.main, image_args(cat, run_copy)))
+    line = refused(cli(train_cli.main, image_args(cat, run_copy)))
     assert line.startswith(f"error: {last} ")
     assert expected in line
     assert line.endswith("run the same command with restart=true to start over")
@@ -469,7 +471,7 @@ def test_a_bad_last_checkpoint_names_the_file_and_restart(cli, cat, run_copy, ma
 
 def test_resume_from_previous_without_a_previous_checkpoint(cli, cat, run_copy):
     before = files_of(run_copy)
-    line = refused(cli(train_module.main, image_args(cat, run_copy, "resume_from=previous")))
+    line = refused(cli(train_cli.main, image_args(cat, run_copy, "resume_from=previous")))
     previous = run_copy / "checkpoints" / "previous.ckpt"
     assert line == (f"error: {previous} does not exist: run without resume_from, or with restart=true to start over")
     assert files_of(run_copy) == before
@@ -488,7 +490,7 @@ def corrupt_with_previous(run_copy: Path) -> Path:
 def test_a_bad_last_checkpoint_offers_the_previous_one(cli, cat, corrupt_with_previous):
     run_dir = corrupt_with_previous
     before = files_of(run_dir)
-    line = refused(cli(train_module.main, image_args(cat, run_dir)))
+    line = refused(cli(train_cli.main, image_args(cat, run_dir)))
     previous = run_dir / "checkpoints" / "previous.ckpt"
     assert line.startswith(f"error: {run_dir / 'checkpoints' / 'last.ckpt'} cannot be read as a checkpoint")
     assert line.endswith(
@@ -500,7 +502,7 @@ def test_a_bad_last_checkpoint_offers_the_previous_one(cli, cat, corrupt_with_pr
 
 def test_resume_from_previous_finishes_the_run(cli, cat, corrupt_with_previous):
     run_dir = corrupt_with_previous
-    result = cli(train_module.main, image_args(cat, run_dir, "resume_from=previous"))
+    result = cli(train_cli.main, image_args(cat, run_dir, "resume_from=previous"))
     assert result.code == 0, result.stderr
     assert (run_dir / runs.DONE_FILE).read_text() == f"{STEPS} steps\n"
 
@@ -508,7 +510,7 @@ def test_resume_from_previous_finishes_the_run(cli, cat, corrupt_with_previous):
 def test_restart_on_a_corrupt_run_starts_over_and_finishes(cli, cat, run_copy):
     (run_copy / "checkpoints" / "last.ckpt").write_bytes(b"garbage")
     (run_copy / "notes.txt").write_text("mine\n")
-    result = cli(train_module.main, image_args(cat, run_copy, "restart=true"))
+    result = cli(train_cli.main, image_args(cat, run_copy, "restart=true"))
     assert result.code == 0, result.stderr
     assert (run_copy / runs.DONE_FILE).read_text() == f"{STEPS} steps\n"
     assert (run_copy / "composite.png").is_file()
@@ -522,7 +524,7 @@ def test_the_whole_command_ends_in_one_line(cat, run_copy, tmp_path):
     _wrong_shape(last, tmp_path)
     before = files_of(run_copy)
     done = subprocess.run(
-        [sys.executable, "-m", "text2live.train", *image_args(cat, run_copy)],
+        [sys.executable, "-m", "text2live.cli.train", *image_args(cat, run_copy)],
         cwd=tmp_path,
         env=environment(),
         capture_output=True,
@@ -554,7 +556,7 @@ def test_a_malicious_nla_checkpoint_is_never_unpickled(cli, synthetic_video, tmp
     evil = malicious_file(tmp_path / "nla" / "checkpoint", marker)
     run_dir = tmp_path / "run"
     args = [*video_overrides(synthetic_video, run_dir), *VIDEO_TINY, f"nla_checkpoint={evil}"]
-    line = refused(cli(train_module.main, args))
+    line = refused(cli(train_cli.main, args))
     assert f"{evil} holds Python objects besides tensors, which are never unpickled" in line
     assert "weights_only=False" in line and "pass the new file" in line  # how to convert it, if trusted
     assert_not_started(run_dir)
@@ -563,7 +565,7 @@ def test_a_malicious_nla_checkpoint_is_never_unpickled(cli, synthetic_video, tmp
 def test_a_malicious_clip_checkpoint_is_never_unpickled(cli, cat, tmp_path, marker):
     evil = malicious_file(tmp_path / "clip.pt", marker)
     run_dir = tmp_path / "run"
-    line = refused(cli(train_module.main, image_args(cat, run_dir, *clip_file(evil))))
+    line = refused(cli(train_cli.main, image_args(cat, run_dir, *clip_file(evil))))
     assert f"cannot read the CLIP checkpoint {evil}" in line
     assert "pass a TorchScript archive from OpenAI or a saved state dict" in line
     assert_not_started(run_dir)
@@ -578,7 +580,7 @@ def test_a_clip_checkpoint_that_is_not_clip_ends_in_one_line(cli, cat, tmp_path)
     path = tmp_path / "clip.pt"
     torch.save({"weights": torch.zeros(3)}, path)
     run_dir = tmp_path / "run"
-    line = refused(cli(train_module.main, image_args(cat, run_dir, *clip_file(path))))
+    line = refused(cli(train_cli.main, image_args(cat, run_dir, *clip_file(path))))
     assert line == f"error: {path} is not an OpenAI CLIP state dict (no visual.conv1.weight)"
     assert_not_started(run_dir)
 
@@ -591,7 +593,7 @@ def finished_copy(finished: Path, tmp_path: Path) -> Path:
 def test_a_malicious_final_checkpoint_is_never_rendered(cli, finished_copy, marker):
     final = malicious_file(finished_copy / "checkpoints" / "final.ckpt", marker)
     before = files_of(finished_copy)
-    line = refused(cli(render.main, [f"run_dir={finished_copy}"]))
+    line = refused(cli(render_cli.main, [f"run_dir={finished_copy}"]))
     assert line.startswith(f"error: {final} cannot be read as a checkpoint")
     assert "which are never unpickled" in line
     assert not (finished_copy / "render").exists()
@@ -601,10 +603,10 @@ def test_a_malicious_final_checkpoint_is_never_rendered(cli, finished_copy, mark
 def test_a_malicious_final_checkpoint_is_never_evaluated(cli, finished_copy, marker):
     final = malicious_file(finished_copy / "checkpoints" / "final.ckpt", marker)
     before = files_of(finished_copy)
-    line = refused(cli(evaluate.main, [finished_copy]))
+    line = refused(cli(eval_cli.main, [finished_copy]))
     assert line.startswith("error: 1 of 1 runs could not be evaluated: ")
     assert f"{final} cannot be read as a checkpoint" in line and "which are never unpickled" in line
-    assert not (finished_copy / evaluate.METRICS_FILE).exists()
+    assert not (finished_copy / runs.METRICS_FILE).exists()
     assert files_of(finished_copy) == before
 
 
@@ -664,7 +666,7 @@ def test_a_bad_nla_checkpoint_is_refused(cli, synthetic_video, tmp_path, kind):
     path = make(tmp_path / "nla" / "checkpoint")
     run_dir = tmp_path / "run"
     args = [*video_overrides(synthetic_video, run_dir), *VIDEO_TINY, f"nla_checkpoint={path}"]
-    line = refused(cli(train_module.main, args))
+    line = refused(cli(train_cli.main, args))
     assert expected.format(path=path) in line
     if kind == "keyless":
         assert "pass the `checkpoint` file NLA's training wrote" in line
@@ -677,7 +679,7 @@ def test_a_bad_nla_checkpoint_is_refused(cli, synthetic_video, tmp_path, kind):
 def test_a_bad_sweep_ends_in_one_line_before_any_job(cli, cat, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *image_args(cat, tmp_path / "unused"), f"hydra.sweep.dir={sweep}", "seed=0,1", "clip=nope"]
-    line = refused(cli(train_module.main, args))
+    line = refused(cli(train_cli.main, args))
     assert "Could not find 'clip/nope'" in line
     assert not sweep.exists()
     assert not (tmp_path / "unused").exists()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from text2live.clip_guide import ClipGuide, load_clip_model, weights_path
 from text2live.io import load_image
-from text2live.train import train
+from text2live.training import train
 from text2live.views import resize
 
 

@@ -23,10 +23,11 @@ from PIL import Image
 import text2live.clip_guide as clip_guide
 import text2live.data as data
 from text2live import runs
+from text2live.build import instantiate
 from text2live.clip_guide import SCREEN_TEMPLATES, TEMPLATES, PromptTruncatedWarning, compose_prompts
 from text2live.data import ImageDataModule
 from text2live.errors import ConfigError, InputError
-from text2live.train import instantiate, train  # instantiate unwraps a target's Text2LiveError as t2l-train does
+from text2live.training import train  # instantiate unwraps a target's Text2LiveError as t2l-train does
 
 GIB = 2**30
 PROMPTS = ["comp_text=golden cat", "src_text=cat", "screen_text=golden"]
@@ -215,7 +216,7 @@ def run_train(image: Path, run_dir: Path, *extra: str) -> subprocess.CompletedPr
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     t2l_train = Path(sys.executable).with_name("t2l-train")
-    command = [str(t2l_train)] if t2l_train.is_file() else [sys.executable, "-m", "text2live.train"]
+    command = [str(t2l_train)] if t2l_train.is_file() else [sys.executable, "-m", "text2live.cli.train"]
     args = [*command, f"image_path={image}", *CLI, f"run_dir={run_dir}", *extra]
     return subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=120)
 

@@ -14,11 +14,12 @@ from conftest import TINY, compose_config
 from PIL import Image
 
 from text2live import runs
+from text2live.build import build_system
 from text2live.errors import ConfigError, InputError, NonFiniteLossError
 from text2live.io import load_image
 from text2live.losses import LossStack
 from text2live.render import load_generator
-from text2live.train import build_system, train
+from text2live.training import train
 
 PROMPTS = ["comp_text=golden cat", "src_text=cat", "screen_text=golden"]
 
@@ -259,7 +260,7 @@ def test_cli_missing_image(tmp_path):
     missing = tmp_path / "nope.png"
     run_dir = tmp_path / "run"
     result = run_cli(
-        "text2live.train", *TINY_CLI, *PROMPTS, f"image_path={missing}", f"run_dir={run_dir}", cwd=tmp_path
+        "text2live.cli.train", *TINY_CLI, *PROMPTS, f"image_path={missing}", f"run_dir={run_dir}", cwd=tmp_path
     )
     assert result.returncode == InputError.exit_code
     assert error_line(result) == f"error: image_path={missing} does not exist: pass the path of an image file"
@@ -269,14 +270,14 @@ def test_cli_missing_image(tmp_path):
 def test_cli_missing_prompt(tmp_path, small_cat):
     run_dir = tmp_path / "run"
     args = [*TINY_CLI, f"image_path={small_cat}", "src_text=cat", "screen_text=golden", f"run_dir={run_dir}"]
-    result = run_cli("text2live.train", *args, cwd=tmp_path)
+    result = run_cli("text2live.cli.train", *args, cwd=tmp_path)
     assert result.returncode == ConfigError.exit_code
     assert error_line(result).startswith("error: comp_text is not set")
     assert_not_finished(run_dir)
 
 
 def test_cli_render_of_a_folder_that_is_not_a_run(tmp_path):
-    result = run_cli("text2live.render", f"run_dir={tmp_path}", cwd=tmp_path)
+    result = run_cli("text2live.cli.render", f"run_dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == InputError.exit_code
     assert error_line(result) == (
         f"error: {tmp_path} is not a text2live run folder (no config.yaml): pass run_dir=<run folder>"
@@ -287,7 +288,7 @@ def test_cli_render_of_a_folder_that_is_not_a_run(tmp_path):
 def unknown_key_result(tmp_path_factory) -> subprocess.CompletedProcess:
     tmp = tmp_path_factory.mktemp("unknown_key")
     return run_cli(
-        "text2live.train", *TINY_CLI, *PROMPTS, "image_path=x.png", f"run_dir={tmp / 'run'}", "foo=1", cwd=tmp
+        "text2live.cli.train", *TINY_CLI, *PROMPTS, "image_path=x.png", f"run_dir={tmp / 'run'}", "foo=1", cwd=tmp
     )
 
 

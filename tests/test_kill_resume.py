@@ -36,7 +36,7 @@ def environment() -> dict[str, str]:
 
 def command(overrides: list[str], moment: str | None = None) -> list[str]:
     if moment is None:
-        return [sys.executable, "-m", "text2live.train", *overrides]
+        return [sys.executable, "-m", "text2live.cli.train", *overrides]
     return [sys.executable, str(HARNESS), moment, *overrides]
 
 

@@ -32,7 +32,7 @@ Plugins.instance()
 from hydra_plugins.text2live_launcher import gpu_launcher
 script = sys.argv.pop(1)
 gpu_launcher.job_command = lambda job: [sys.executable, "-c", script, str(job.run_dir), *job.overrides]
-from text2live.train import main
+from text2live.cli.train import main
 main()
 """
 FAKE_SWEEP = ["-m", "seed=0,1", "hydra.launcher.n_jobs=2", "hydra.launcher.poll_seconds=0.1"]
@@ -142,14 +142,15 @@ def pids_written(runs: list[Path]) -> dict[int, int] | None:
 def test_a_sweeps_jobs_die_with_its_launcher_killed_by_sigkill(tmp_path, small_cat):
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY if not o.startswith(("steps=", "log_images_freq=", "checkpoint_every="))]
-    args = ["-m", "text2live.train", "-m", "seed=0,1", "hydra.launcher.n_jobs=2", "name=x", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "text2live.cli.train", "-m", "seed=0,1", "hydra.launcher.n_jobs=2", "name=x"]
+    args += [f"hydra.sweep.dir={sweep}"]
     args += [f"image_path={small_cat}", "comp_text=golden cat", "src_text=cat", "screen_text=golden"]
     args += [*tiny, "steps=500", "evaluate=false"]
     with launcher(args, tmp_path / "launcher") as (proc, known):
 
         def two_jobs() -> dict[int, int] | None:
             assert proc.poll() is None, (tmp_path / "launcher" / "stderr").read_text()[-3000:]
-            jobs = [pid for pid in children(proc.pid) if "text2live.train" in cmdline(pid)]
+            jobs = [pid for pid in children(proc.pid) if "text2live.cli.train" in cmdline(pid)]
             return descendants(proc.pid) if len(jobs) == 2 else None
 
         known.update(wait_for(two_jobs, 120, "the sweep's two jobs"))

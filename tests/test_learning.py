@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from PIL import Image
 
-from text2live.train import build_system, train
+from text2live.build import build_system
+from text2live.training import train
 from text2live.views import resize
 
 ONLY_BOOTSTRAP = [

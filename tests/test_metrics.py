@@ -21,9 +21,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from text2live import runs
+from text2live.cli.eval import main
 from text2live.clip_guide import TEMPLATES, build_guide
 from text2live.config import ASSETS_DIR
-from text2live.evaluate import evaluate_run, find_runs, flatten_hparams, main
+from text2live.evaluate import evaluate_run, flatten_hparams
 from text2live.metrics import (
     alpha_coverage,
     clip_directional_similarity,
@@ -34,7 +35,8 @@ from text2live.metrics import (
     structure_distance,
     video_metrics,
 )
-from text2live.train import train
+from text2live.runs import find_runs
+from text2live.training import train
 
 IMAGE_KEYS = {
     "clip_score",
@@ -387,7 +389,7 @@ def test_cli(image_run, video_run, tmp_path, capsys):
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "text2live.evaluate", str(sweep)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "text2live.cli.eval", str(sweep)], capture_output=True, text=True, env=env
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()

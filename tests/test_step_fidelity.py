@@ -20,8 +20,8 @@ import pytest
 import torch
 from conftest import TINY, VIDEO_TINY, compose_config, torch_threads, video_overrides, write_synthetic_video
 
+from text2live.build import build_system
 from text2live.config import ASSETS_DIR
-from text2live.train import build_system
 
 VALUES = Path(__file__).parent / "data" / "step_values.pt"
 RTOL = 1e-5

@@ -108,7 +108,8 @@ def run_sweep(sweep_dir: Path, *extra: str, grid: list[str] = GRID) -> subproces
     tiny = [o for o in TINY if o not in ("data.resize_input=96",)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [sys.executable, "-m", "text2live.train", "-m", *tiny, *SWEEP, *grid, f"hydra.sweep.dir={sweep_dir}", *extra],
+        [sys.executable, "-m", "text2live.cli.train", "-m", *tiny, *SWEEP, *grid, f"hydra.sweep.dir={sweep_dir}"]
+        + list(extra),
         capture_output=True,
         text=True,
         timeout=600,

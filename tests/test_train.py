@@ -23,7 +23,7 @@ from text2live.generator import SkipGenerator
 from text2live.io import load_image
 from text2live.render import render
 from text2live.system import ImageEditSystem
-from text2live.train import train
+from text2live.training import train
 
 OUTPUTS = ("edit.png", "alpha.png", "edit_on_greenscreen.png", "composite.png", "layer_rgba.png")
 LR0, DECAY = 0.0025, 0.99

@@ -17,17 +17,10 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from text2live import files
-from text2live.errors import Text2LiveError
+from text2live.errors import CheckpointError
 
-LAST_CHECKPOINT = "last.ckpt"
-PREVIOUS_CHECKPOINT = "previous.ckpt"
-FINAL_CHECKPOINT = "final.ckpt"
 # the keys Lightning writes into every training checkpoint; a file without them is not one of ours
 TRAINING_KEYS = ("state_dict", "global_step", "loops", "optimizer_states")
-
-
-class CheckpointError(Text2LiveError):
-    """A checkpoint that cannot be read or does not belong to the run."""
 
 
 def pickles_objects(exc: BaseException) -> bool:
@@ -65,29 +58,35 @@ def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic; the ``last.ckpt`` it replaces is kept as ``previous.ckpt``."""
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike, keep_as: str | None = None) -> None:
+    """``torch.save`` made atomic; the file it replaces is kept as ``keep_as`` (a name in the same folder), if given."""
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)  # in memory first: a failed write then raises a plain OSError
-    if path.name == LAST_CHECKPOINT and path.is_file():
-        keep_previous(path)
+    if keep_as and path.is_file():
+        keep_previous(path, path.with_name(keep_as))
     files.write_bytes(path, buffer.getbuffer())
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, atomic on save and ``weights_only`` on load."""
+    """Lightning's checkpoint I/O, atomic on save and ``weights_only`` on load.
+
+    ``keep``: file names whose replaced version is kept under another name (``{"last.ckpt": "previous.ckpt"}``).
+    """
+
+    def __init__(self, keep: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.keep = dict(keep or {})
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None) -> None:
-        save_checkpoint(checkpoint, path)
+        save_checkpoint(checkpoint, path, self.keep.get(Path(path).name))
 
     def load_checkpoint(self, path: str | os.PathLike, map_location=None, weights_only: bool | None = None):
         return read_training_checkpoint(path)
 
 
-def keep_previous(last: Path) -> None:
-    """Make ``previous.ckpt`` a second name of the current ``last.ckpt``, atomically, before it is replaced."""
-    previous = last.with_name(PREVIOUS_CHECKPOINT)
+def keep_previous(last: Path, previous: Path) -> None:
+    """Make ``previous`` a second name of the current ``last``, atomically, before ``last`` is replaced."""
     link = files.temporary_name(previous)
     try:
         os.link(last, link)

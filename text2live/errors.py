@@ -20,6 +20,10 @@ class InputError(Text2LiveError):
     """A missing, unreadable or unusable input file."""
 
 
+class CheckpointError(Text2LiveError):
+    """A checkpoint that cannot be read or does not belong to the run."""
+
+
 class MissingWeightsError(Text2LiveError):
     """Pretrained weights that are neither cached nor downloadable."""
 

@@ -1,42 +1,21 @@
-"""``t2l-render run_dir=<run>``: apply a finished run's generator(s) without training.
+"""Apply a finished run's generator(s) without training (``t2l-render``).
 
 An image run's generator edits its image or another one; a video run's generators re-render its video.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from text2live import runs
-from text2live.checkpoints import CheckpointError, read_checkpoint
-from text2live.cli.common import check_overrides, one_line_errors
-from text2live.config import CONF_DIR
+from text2live.build import instantiate, is_video
 from text2live.errors import InputError
 from text2live.generator import SkipGenerator, render_layers
 from text2live.io import load_image, save_layers
-from text2live.train import instantiate, is_video
+from text2live.runs import load_run
 from text2live.video_system import render_video, save_video_results
-
-
-def load_run(run_dir: Path) -> tuple[dict[str, torch.Tensor], DictConfig]:
-    """The trained weights of a run (``final.ckpt``, else ``last.ckpt``) and the run's config."""
-    config_path = run_dir / runs.CONFIG_FILE
-    if not config_path.is_file():
-        raise InputError(f"{run_dir} is not a text2live run folder (no {runs.CONFIG_FILE}): pass run_dir=<run folder>")
-    cfg = OmegaConf.load(config_path)
-    path = runs.checkpoint_path(run_dir)
-    if path is None:
-        ckpt_dir = run_dir / runs.CHECKPOINT_DIR
-        raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a text2live checkpoint (it has no state_dict)")
-    return checkpoint["state_dict"], cfg
 
 
 def generator_from_state(cfg: DictConfig, state: dict[str, torch.Tensor], prefix: str) -> SkipGenerator:
@@ -97,19 +76,3 @@ def render(run_dir: str | Path, image_path: str | None = None, out_dir: str | Pa
     out = Path(out_dir) if out_dir else run_dir / "render" / Path(path).stem
     save_layers(render_image(generator, image), out)
     return out
-
-
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="render")
-def _hydra_main(cfg: DictConfig) -> None:
-    with one_line_errors("rendering"):
-        out = render(cfg.run_dir, cfg.image_path, cfg.out_dir)
-    print(f"wrote {out}")
-
-
-def main() -> None:
-    check_overrides("render", sys.argv[1:], "t2l-render")
-    _hydra_main()
-
-
-if __name__ == "__main__":
-    main()

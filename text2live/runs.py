@@ -13,20 +13,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from text2live import files
-from text2live.checkpoints import (
-    FINAL_CHECKPOINT,
-    LAST_CHECKPOINT,
-    PREVIOUS_CHECKPOINT,
-    CheckpointError,
-    read_training_checkpoint,
-)
-from text2live.errors import ConfigError, InputError
+from text2live.errors import CheckpointError, ConfigError, InputError
 
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "DONE"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+PREVIOUS_CHECKPOINT = "previous.ckpt"
+FINAL_CHECKPOINT = "final.ckpt"
 LOCK_FILE = ".lock"
 # What a run writes into its folder (removed by ``restart=true``; anything else in the folder is left alone).
 RUN_OUTPUTS = (
@@ -124,6 +120,8 @@ def resume_checkpoint(run_dir: Path, resume_from: str = "last") -> Path | None:
 
     An unreadable checkpoint raises a :class:`CheckpointError` that names the file and the ways on.
     """
+    from text2live.checkpoints import read_training_checkpoint
+
     folder = run_dir / CHECKPOINT_DIR
     path = folder / (LAST_CHECKPOINT if resume_from == "last" else PREVIOUS_CHECKPOINT)
     if not path.is_file():
@@ -205,3 +203,21 @@ def find_runs(folder: str | Path) -> list[Path]:
         raise InputError(f"{folder} is not a folder: pass a run folder or a folder of runs (e.g. outputs/)")
     found = {p.parent for p in folder.rglob(CONFIG_FILE) if (p.parent / DONE_FILE).is_file()}
     return sorted(found)
+
+
+def load_run(run_dir: Path) -> tuple[dict, DictConfig]:
+    """The trained weights of a run (``final.ckpt``, else ``last.ckpt``) and the run's config."""
+    from text2live.checkpoints import read_checkpoint
+
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise InputError(f"{run_dir} is not a text2live run folder (no {CONFIG_FILE}): pass run_dir=<run folder>")
+    cfg = OmegaConf.load(config_path)
+    path = checkpoint_path(run_dir)
+    if path is None:
+        ckpt_dir = run_dir / CHECKPOINT_DIR
+        raise InputError(f"{run_dir} has no checkpoint yet ({ckpt_dir} is empty): train it first with t2l-train")
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a text2live checkpoint (it has no state_dict)")
+    return checkpoint["state_dict"], cfg

@@ -4,7 +4,7 @@ Each job is a ``t2l-train`` process of its own whose ``CUDA_VISIBLE_DEVICES`` na
 running job holds; when a job ends its GPU goes to the next job. Without GPUs, ``n_jobs`` CPU processes run at
 once. A job writes its run folder under the sweep folder (``hydra.sweep.dir``), named by the overrides that
 vary between the jobs (:func:`job_names`), and its output to ``launcher.log`` there. Running the sweep's
-command again skips finished runs and resumes the others (see ``text2live.train``).
+command again skips finished runs and resumes the others (see ``text2live.training``).
 
 The jobs do not outlive the launcher. On Linux each job gets ``SIGKILL`` when the launcher dies, however it
 dies (``prctl(PR_SET_PDEATHSIG)``, see :func:`die_with_launcher`). Each job runs in a process group of its own,
@@ -253,7 +253,7 @@ def quoted(value: str) -> str:
 
 
 def job_command(job: Job) -> list[str]:
-    return [sys.executable, "-m", "text2live.train", *job.overrides, f"run_dir={quoted(str(job.run_dir))}"]
+    return [sys.executable, "-m", "text2live.cli.train", *job.overrides, f"run_dir={quoted(str(job.run_dir))}"]
 
 
 def check_main_thread() -> None:
