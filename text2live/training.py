@@ -18,6 +18,7 @@ from text2live.build import build_system, check_config, instantiate, resolve_con
 from text2live.callbacks import EditSnapshots, StopOnSignal
 from text2live.checkpoints import SafeCheckpointIO, check_fits, read_training_checkpoint
 from text2live.errors import CheckpointError, ConfigError, NonFiniteLossError, RunInterrupted
+from text2live.progress import StepProgressBar, quiet_lightning
 from text2live.video_data import AtlasDataModule
 
 log = logging.getLogger("text2live")
@@ -76,13 +77,17 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Seq
             except CheckpointError as exc:
                 raise CheckpointError(f"{exc}: run the same command with restart=true to start over") from None
         runs.write_run_info(run_dir, plain, overrides)
-        if _fit(cfg, system, datamodule, run_dir, ckpt_path, callbacks):
-            log.info("finished %s", run_dir)
+        results = _fit(cfg, system, datamodule, run_dir, ckpt_path, callbacks)
+        if results is not None:
+            log.info("finished %s", results)
     return run_dir
 
 
-def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks) -> bool:
-    """Train, then write the results and ``DONE``; False if training stopped early (the run can be resumed)."""
+def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks) -> str | None:
+    """Train, then write the results and ``DONE``; None if training stopped early (the run can be resumed).
+
+    Returns the run folder and its key metrics, as one line.
+    """
     ckpt_dir = run_dir / runs.CHECKPOINT_DIR
     last = ckpt_dir / runs.LAST_CHECKPOINT
     checkpointing = ModelCheckpoint(
@@ -95,32 +100,36 @@ def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | N
     snapshots = EditSnapshots(run_dir / "steps", cfg.log_images_freq)
     stop = StopOnSignal(last)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(
-        cfg.trainer,
-        logger=logger,
-        callbacks=[checkpointing, snapshots, stop, *callbacks],
-        plugins=[SafeCheckpointIO(keep={runs.LAST_CHECKPOINT: runs.PREVIOUS_CHECKPOINT})],
-    )
+    progress = [StepProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []
     if ckpt_path:
         log.info("resuming %s from %s", run_dir, ckpt_path)
-    try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except NonFiniteLossError as exc:
-        exc.checkpoint = last if last.is_file() else None
-        raise
+    with quiet_lightning():
+        trainer = instantiate(
+            cfg.trainer,
+            logger=logger,
+            callbacks=[checkpointing, snapshots, stop, *progress, *callbacks],
+            plugins=[SafeCheckpointIO(keep={runs.LAST_CHECKPOINT: runs.PREVIOUS_CHECKPOINT})],
+        )
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except NonFiniteLossError as exc:
+            exc.checkpoint = last if last.is_file() else None
+            raise
     if stop.received is not None:
         raise RunInterrupted(stop.received, trainer.global_step, cfg.steps, last)
     if trainer.interrupted or trainer.global_step < cfg.steps:
         log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
-        return False
+        return None
 
     system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
     system.save_results(datamodule, run_dir)
     trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT, weights_only=False)
+    results = str(run_dir)
     if cfg.get("evaluate", True):
-        from text2live.evaluate import evaluate_run  # CLIP metrics: imported only when a run ends
+        from text2live.evaluate import evaluate_run, summary  # CLIP metrics: imported only when a run ends
 
         log.info("evaluating %s", run_dir)
-        evaluate_run(run_dir, datamodule=datamodule if isinstance(datamodule, AtlasDataModule) else None)
+        record = evaluate_run(run_dir, datamodule=datamodule if isinstance(datamodule, AtlasDataModule) else None)
+        results = summary(run_dir, record["metrics"])
     files.write_text(run_dir / runs.DONE_FILE, f"{trainer.global_step} steps\n")
-    return True
+    return results
