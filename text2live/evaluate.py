@@ -27,7 +27,6 @@ TB_DIR = "tb"
 TB_PREFIX = "eval/"
 
 # Config keys that say where or how often things are written, not what is computed: left out of the hparams.
-NOT_HPARAMS = ("run_dir", "data_dir", "log_images_freq", "checkpoint_every", "trainer", "logger", "hydra")
 # The CLIP settings of evaluation, whatever the run trained with: float32, and no second (relevancy) model.
 EVAL_CLIP = {"precision": "fp32", "relevancy_name": None, "relevancy_num_layers": 0}
 # The three metrics of the one-line summary (video runs: the first layer's CLIP metrics).
@@ -41,16 +40,16 @@ def flatten_hparams(cfg: dict | DictConfig, prefix: str = "") -> dict[str, str |
     """The scalar leaves of a run config with dotted keys, for TensorBoard's HParams view.
 
     Lists of scalars (prompts, ``edit_layers``) are joined with `` | ``, ``null`` becomes the string ``"null"``
-    (so that runs with and without a value stay comparable); other values, ``_partial_`` and the keys of
-    :data:`NOT_HPARAMS` (output locations, logging frequencies, trainer and logger) are left out.
+    (so that runs with and without a value stay comparable); other values, ``_partial_`` and the result-neutral
+    keys (:data:`text2live.runs.RESULT_NEUTRAL_KEYS`: output locations, logging frequencies, trainer ...) are left out.
     """
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     flat: dict[str, str | int | float | bool] = {}
     for key, value in cfg.items():
-        if (not prefix and key in NOT_HPARAMS) or key == "_partial_":
-            continue
         name = f"{prefix}{key}"
+        if runs.is_result_neutral(name) or key == "_partial_":
+            continue
         if isinstance(value, dict):
             flat.update(flatten_hparams(value, f"{name}."))
         elif isinstance(value, list):

@@ -31,12 +31,38 @@ RUN_OUTPUTS = (
     *("edited.mp4", "edited.gif", "foreground", "background"),
 )
 
-# Keys that may change between a run and its resumption without changing what it computes (dotted: nested).
-PRESENTATION_KEYS = (
-    *("run_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger"),
-    *("restart", "resume_from"),
+# Keys that say where, how often or how fast things are done, not what is computed (dotted: nested keys). A run
+# resumes across a change of them, they are not hyper-parameters in TensorBoard, and they do not name run folders.
+RESULT_NEUTRAL_KEYS = (
+    *("run_dir", "data_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger", "hydra"),
+    *("restart", "resume_from", "sweep", "compile", "clip.checkpoint_views"),
     *("data.min_input_side", "data.max_aspect_ratio", "data.check_memory"),  # checks of the input, not the edit
 )
+
+
+def is_result_neutral(key: str) -> bool:
+    """Whether a config key (``trainer.precision``) or an override's key (``+logger``) is in RESULT_NEUTRAL_KEYS."""
+    key = key.lstrip("+~")
+    return any(key == neutral or key.startswith(f"{neutral}.") for neutral in RESULT_NEUTRAL_KEYS)
+
+
+def run_names(job_overrides: Sequence[Sequence[str]]) -> list[str]:
+    """The run-folder names of a sweep's jobs: the overrides whose values differ between them (``edit=x,seed=0``).
+
+    Overrides shared by every job (``clip=vit_b16`` given for the whole sweep) and result-neutral ones stay out
+    of the names, so they remain short and comparable in TensorBoard; a single job is named ``run``. Every
+    launcher names its jobs' folders with this function.
+    """
+    parsed = [
+        dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides if not is_result_neutral(o.split("=", 1)[0]))
+        for overrides in job_overrides
+    ]
+    keys: list[str] = []
+    for overrides in parsed:
+        keys += [k for k in overrides if k not in keys]
+    varying = [k for k in keys if len({overrides.get(k) for overrides in parsed}) > 1]
+    names = [",".join(f"{k.lstrip('+~')}={o.get(k, '')}" for k in varying if k in o) for o in parsed]
+    return [name.replace("/", "_") or "run" for name in names]
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -46,7 +72,7 @@ def resolved(cfg: DictConfig) -> dict:
 def _semantic(cfg: dict, prefix: str = "") -> dict:
     kept = {}
     for key, value in cfg.items():
-        if f"{prefix}{key}" in PRESENTATION_KEYS:
+        if is_result_neutral(f"{prefix}{key}"):
             continue
         kept[key] = _semantic(value, f"{prefix}{key}.") if isinstance(value, dict) else value
     return kept

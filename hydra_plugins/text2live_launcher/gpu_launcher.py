@@ -3,7 +3,7 @@
 Each job is a ``t2l-train`` process of its own whose ``CUDA_VISIBLE_DEVICES`` names one GPU that no other
 running job holds; when a job ends its GPU goes to the next job. Without GPUs, ``n_jobs`` CPU processes run at
 once. A job writes its run folder under the sweep folder (``hydra.sweep.dir``), named by the overrides that
-vary between the jobs (:func:`job_names`), and its output to ``launcher.log`` there. Running the sweep's
+vary between the jobs (:func:`text2live.runs.run_names`), and its output to ``launcher.log`` there. Running the sweep's
 command again skips finished runs and resumes the others (see ``text2live.training``).
 
 The jobs do not outlive the launcher. On Linux each job gets ``SIGKILL`` when the launcher dies, however it
@@ -34,6 +34,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from text2live.runs import run_names
 
 log = logging.getLogger("text2live")
 
@@ -146,7 +148,7 @@ class GpuLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         check_main_thread()
         jobs = []
-        names = job_names(job_overrides)
+        names = run_names(job_overrides)
         for offset, (overrides, name) in enumerate(zip(job_overrides, names)):
             config = self.job_config(overrides, initial_job_idx + offset)
             HydraConfig.instance().set_config(config)
@@ -190,21 +192,6 @@ class GpuLauncher(Launcher):
             print(f"error: {SweepFailed(failed, len(returns))}", file=sys.stderr)
             sys.exit(2)
         return returns
-
-
-def job_names(job_overrides: Sequence[Sequence[str]]) -> list[str]:
-    """Run-folder names: the overrides whose values differ between the jobs (``edit=golden,seed=0``).
-
-    Overrides shared by every job (``clip=vit_b16`` given for the whole sweep) stay out of the names, so they
-    remain short and comparable in TensorBoard; a single job is named ``run``.
-    """
-    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in overrides) for overrides in job_overrides]
-    keys: list[str] = []
-    for overrides in parsed:
-        keys += [k for k in overrides if k not in keys]
-    varying = [k for k in keys if len({overrides.get(k) for overrides in parsed}) > 1]
-    names = [",".join(f"{k.lstrip('+~')}={o.get(k, '')}" for k in varying if k in o) for o in parsed]
-    return [name.replace("/", "_") or "run" for name in names]
 
 
 def signal_name(signum: int) -> str:
