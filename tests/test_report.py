@@ -1,4 +1,4 @@
-"""t2l-table (text2live.report) on hand-built run folders: no training, no CLIP."""
+"""t2l-table (text2live.reporting, text2live.cli.table) on hand-built run folders: no training, no CLIP."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,13 +22,17 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from text2live import report
-from text2live.report import GAP, HEADER_HEIGHT, LABEL_HEIGHT, RunSkippedWarning
+from text2live import reporting as report
+from text2live.cli.table import main
+from text2live.errors import InputError
+from text2live.reporting import RunSkippedWarning
+from text2live.reporting.gallery import BACKGROUND, GAP, HEADER_HEIGHT, LABEL_HEIGHT
 
 CAT_COLOUR = (20, 40, 220)  # the solid "cat" input, 40 x 20 px, resized at load to 20 x 10 (resize_input=10)
 CUP_COLOUR = (30, 160, 60)  # the solid "cup" input, 30 x 30 px, kept at its size (resize_input=-1)
 EDIT_COLOURS = {"golden": (230, 190, 20), "silver": (180, 180, 190)}
 ALPHA = {"golden": 128, "silver": 64}
+SCREEN_COLOURS = {"golden": (120, 177, 64), "silver": (10, 177, 140)}  # edit_on_greenscreen.png
 
 
 def solid(path: Path, size: tuple[int, int], colour, mode: str = "RGB") -> Path:
@@ -53,17 +58,20 @@ def make_run(
     edit: str = "golden",
     done: bool = True,
     name: str | None = None,
+    prompts: dict | None = None,
 ) -> Path:
     """A finished image run as t2l-train + t2l-eval leave it (outputs are solid colours)."""
     run = folder / (name or ",".join(o for o in overrides if not o.startswith("+sweep")))
     run.mkdir(parents=True)
     cfg = {"image_path": str(image_path), "data": {"resize_input": resize}, "seed": 0, "name": "study"}
+    cfg.update(prompts or {})
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     (run / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
     with Image.open(image_path) as img:
         size = img.size if resize <= 0 else (round(img.width * resize / min(img.size)), resize)
     solid(run / "composite.png", size, EDIT_COLOURS[edit])
     solid(run / "alpha.png", size, ALPHA[edit], mode="L")
+    solid(run / "edit_on_greenscreen.png", size, SCREEN_COLOURS[edit])
     if metrics is not None:
         record = {"run_dir": str(run), "name": "study", "seed": 0, "steps": 3, "kind": "image", "metrics": metrics}
         (run / "metrics.json").write_text(json.dumps(record))
@@ -167,16 +175,17 @@ def test_table_groups_over_seeds_with_mean_and_sample_std(sweep: Path):
     # psnr: 20, null, 23 -> the null is ignored: mean 21.5, std sqrt(4.5)
     assert golden.stats["preservation_psnr"].mean == pytest.approx(21.5)
     assert golden.stats["preservation_psnr"].std == pytest.approx(math.sqrt(4.5))
-    # silver: clip 0.5 and null -> one value, std 0; psnr null and NaN -> no value at all
+    # silver: clip 0.5 and null -> one value, no spread; psnr null and NaN -> no value at all
     assert silver.n == 2
-    assert (silver.stats["clip_score"].mean, silver.stats["clip_score"].std) == (0.5, 0.0)
+    clip = silver.stats["clip_score"]
+    assert (clip.mean, clip.count, clip.has_spread) == (0.5, 1, False) and math.isnan(clip.std)
     assert silver.stats["preservation_psnr"].empty
 
 
 def test_table_metric_subset_and_unknown_metric(sweep: Path):
     runs = report.collect(sweep)
     assert report.table(runs, ["preservation_psnr"]).metrics == ["preservation_psnr"]
-    with pytest.raises(report.InputError, match="unknown metric.*nope.*clip_score"):
+    with pytest.raises(InputError, match="unknown metric.*nope.*clip_score"):
         report.table(runs, ["nope"])
 
 
@@ -193,7 +202,7 @@ def test_markdown(sweep: Path):
     assert lines[0] == "| edit | clip_score | preservation_psnr | n |"
     assert lines[1] == "| :--- | ---: | ---: | ---: |"
     assert lines[2] == "| golden | 2.333 ± 1.528 | 21.500 ± 2.121 | 3 |"
-    assert lines[3] == "| silver | 0.500 ± 0.000 | – | 2 |"
+    assert lines[3] == "| silver | 0.500 (n=1) | – | 2 |"  # one value: no spread, and how many
 
 
 def test_csv_round_trips_full_precision(sweep: Path):
@@ -213,7 +222,7 @@ def test_csv_round_trips_full_precision(sweep: Path):
     assert float(golden["clip_score_std"]) == pytest.approx(math.sqrt(7 / 3), rel=1e-15)
     assert float(golden["preservation_psnr_std"]) == pytest.approx(math.sqrt(4.5), rel=1e-15)
     assert (silver["preservation_psnr_mean"], silver["preservation_psnr_std"]) == ("", "")
-    assert float(silver["clip_score_std"]) == 0.0
+    assert (silver["clip_score_mean"], silver["clip_score_std"]) == ("0.5", "")  # no spread of one value
 
 
 def test_latex_escapes_and_uses_booktabs(tmp_path: Path, inputs):
@@ -236,7 +245,7 @@ def test_latex_escapes_and_uses_booktabs(tmp_path: Path, inputs):
 
 
 def tile_box(row: int, column: int, cell: int, tile: tuple[int, int], height: int) -> tuple[int, int, int, int]:
-    """Where a tile of size ``tile`` lies in gallery.png (the geometry documented in text2live.report)."""
+    """Where a tile of size ``tile`` lies in gallery.png (the geometry documented in text2live.reporting.gallery)."""
     x = GAP + column * (cell + GAP) + (cell - tile[0]) // 2
     y = GAP + HEADER_HEIGHT + row * (LABEL_HEIGHT + height + GAP) + LABEL_HEIGHT
     return x, y, x + tile[0], y + tile[1]
@@ -258,7 +267,7 @@ def test_gallery_png_rows_tiles_and_pixels(sweep: Path, tmp_path: Path, inputs):
     assert written == [sweep / "gallery.png", sweep / "gallery.html"]
     sheet = Image.open(sweep / "gallery.png").convert("RGB")
     rows, cell = 6, 80
-    assert sheet.size == (GAP + 3 * (cell + GAP), GAP + HEADER_HEIGHT + rows * (LABEL_HEIGHT + height + GAP))
+    assert sheet.size == (GAP + 4 * (cell + GAP), GAP + HEADER_HEIGHT + rows * (LABEL_HEIGHT + height + GAP))
     order = [(run.overrides["edit"], run.overrides["experiment"], run.overrides["seed"]) for run in tab.runs]
     assert order == [
         ("golden", "study_cat", "0"),
@@ -273,9 +282,10 @@ def test_gallery_png_rows_tiles_and_pixels(sweep: Path, tmp_path: Path, inputs):
         assert_solid(sheet, tile_box(row, 0, cell, tile, height), CUP_COLOUR if tile == (40, 40) else CAT_COLOUR)
         assert_solid(sheet, tile_box(row, 1, cell, tile, height), EDIT_COLOURS[edit])
         assert_solid(sheet, tile_box(row, 2, cell, tile, height), (ALPHA[edit],) * 3)
+        assert_solid(sheet, tile_box(row, 3, cell, tile, height), SCREEN_COLOURS[edit])
     # the cup's narrower tiles are centred in their cells, on the background
     x0, y0, _, _ = tile_box(5, 0, cell, (40, 40), height)
-    assert sheet.getpixel((x0 - 1, y0)) == report.BACKGROUND
+    assert sheet.getpixel((x0 - 1, y0)) == BACKGROUND
     # the label strip above a row holds text (dark pixels), the header too
     label = np.asarray(sheet.crop((GAP, GAP + HEADER_HEIGHT, GAP + 60, GAP + HEADER_HEIGHT + LABEL_HEIGHT)))
     assert label.min() < 128
@@ -285,7 +295,7 @@ def test_gallery_png_rows_tiles_and_pixels(sweep: Path, tmp_path: Path, inputs):
 def test_gallery_widens_for_long_labels(sweep: Path):
     report.gallery(report.table(report.collect(sweep)), sweep, tile_height=8)
     with Image.open(sweep / "gallery.png") as sheet:
-        assert sheet.size[0] > GAP + 3 * (16 + GAP)  # "edit=silver, seed=1" is wider than three 16 px tiles
+        assert sheet.size[0] > GAP + 4 * (16 + GAP)  # "edit=silver, seed=1" is wider than four 16 px tiles
         assert sheet.size[1] == GAP + HEADER_HEIGHT + 5 * (LABEL_HEIGHT + 8 + GAP)
 
 
@@ -307,33 +317,48 @@ def test_gallery_html_references_existing_files_and_escapes_labels(tmp_path: Pat
     shutil.rmtree(tmp_path / "in")  # the original inputs are gone too
     page = (moved / "gallery.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 4 * 3
+    assert len(sources) == 4 * 4
     for src in sources:
         path = unquote(html.unescape(src))
         assert not Path(path).is_absolute() and (moved / path).is_file(), path
     for prompt in prompts:
         for seed in (0, 1):
-            assert html.escape(f"comp_text={prompt}, seed={seed}") in page
+            assert f"comp_text={prompt}, seed={seed}" in html.unescape(page)
     assert "<cat>" not in page
-    assert "clip_score = 0.250" in page and "other" not in page
+    # every metric is a column: header, then 3 decimals shown and the full value to sort by
+    assert '<th class="sortable">clip_score</th>' in page and '<th class="sortable">other</th>' in page
+    assert '<td class="metric" data-value="0.25">0.250</td>' in page
+
+
+LAYER_COLOURS = {"foreground": (200, 0, 0), "background": (0, 0, 200)}
+LAYER_ALPHA = {"foreground": 0.5, "background": 0.2}  # at the middle frame (t = 2); frame t has t / 2 of it
+GREEN = (0, 177, 64)
 
 
 def write_video_run(folder: Path, tmp_path: Path) -> Path:
-    """A video run: 5 solid input frames, edited.gif, and two edited layers' RGBA frames."""
+    """A video run: 5 solid input frames, edited.gif, and two edited layers' RGBA frames; prompts per layer."""
     frames_dir = tmp_path / "video" / "frames"
     for t in range(5):
         solid(frames_dir / f"{t:05d}.jpg" if t == 4 else frames_dir / f"{t:05d}.png", (48, 24), (t * 50, 0, 0))
     solid(frames_dir / "99999.png", (48, 24), (255, 255, 255))  # beyond num_frames
     run = folder / "experiment=video,seed=0"
     run.mkdir(parents=True)
-    cfg = {"frames_dir": str(frames_dir), "num_frames": 5, "edit_layers": ["foreground", "background"]}
+    cfg = {
+        "frames_dir": str(frames_dir),
+        "num_frames": 5,
+        "edit_layers": ["foreground", "background"],
+        "comp_text": None,
+        "foreground": {"comp_text": ["crochet swan", "knitted swan"], "src_text": "swan", "screen_text": "crochet"},
+        "background": {"comp_text": "frozen lake", "src_text": "lake", "screen_text": None},
+    }
     (run / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg)))
     (run / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(["experiment=video", "seed=0"])))
     gif = [np.full((12, 24, 3), (0, 40 * t, 0), dtype=np.uint8) for t in range(5)]
     imageio.mimwrite(run / "edited.gif", gif, format="GIF", duration=100, loop=0)
-    for layer, a in (("foreground", 0.5), ("background", 0.2)):
+    for layer, a in LAYER_ALPHA.items():
         for t in range(5):
-            solid(run / layer / "frames" / f"{t:05d}.png", (24, 12), (9, 9, 9, round(255 * a * t / 2)), "RGBA")
+            rgba = (*LAYER_COLOURS[layer], round(255 * a * t / 2))
+            solid(run / layer / "frames" / f"{t:05d}.png", (24, 12), rgba, "RGBA")
     metrics = {"foreground/clip_score": 0.3, "foreground/clip_directional_similarity": 0.1, "frame_consistency": 1}
     (run / "metrics.json").write_text(json.dumps({"kind": "video", "seed": 0, "metrics": metrics}))
     (run / "DONE").write_text("")
@@ -350,16 +375,52 @@ def test_gallery_of_a_video_run(tmp_path: Path):
     assert sheet.size[1] == GAP + HEADER_HEIGHT + LABEL_HEIGHT + 24 + GAP
     assert_solid(sheet, tile_box(0, 0, cell, (48, 24), 24), (100, 0, 0))  # input frame 2 of 5
     assert_solid(sheet, tile_box(0, 1, cell, (48, 24), 24), (0, 80, 0))  # edited.gif frame 2
-    union = 1 - (1 - round(255 * 0.5) / 255) * (1 - round(255 * 0.2) / 255)
+    a = {layer: round(255 * value) / 255 for layer, value in LAYER_ALPHA.items()}
+    union = 1 - (1 - a["foreground"]) * (1 - a["background"])
     alpha = np.asarray(sheet.crop(tile_box(0, 2, cell, (48, 24), 24)))
     assert np.abs(alpha.astype(int) - round(255 * union)).max() <= 1
+    # green screen: the background layer over green, the foreground over that
+    screen = a["background"] * np.array(LAYER_COLOURS["background"]) + (1 - a["background"]) * np.array(GREEN)
+    screen = a["foreground"] * np.array(LAYER_COLOURS["foreground"]) + (1 - a["foreground"]) * screen
+    tile = np.asarray(sheet.crop(tile_box(0, 3, cell, (48, 24), 24))).reshape(-1, 3).astype(int)
+    assert np.abs(tile - np.round(screen)).max() <= 1
     page = (folder / "gallery.html").read_text()
-    for src in re.findall(r'<img src="([^"]+)"', page):
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 4
+    for src in sources:
         assert (folder / unquote(html.unescape(src))).is_file()
         assert src.startswith("gallery_inputs/")
-    assert "foreground/clip_score = 0.300" in page and "foreground/clip_directional_similarity = 0.100" in page
+    for metric, shown in (("foreground/clip_score", "0.300"), ("foreground/clip_directional_similarity", "0.100")):
+        assert f'<th class="sortable">{metric}</th>' in page and f">{shown}</td>" in page
+    assert '<td class="metric" data-value="1.0">1.000</td>' in page  # frame_consistency
     with Image.open(folder / "gallery_inputs" / "run0_alpha.png") as img:
         assert img.mode == "L" and abs(img.getpixel((0, 0)) - round(255 * union)) <= 1
+    with Image.open(folder / "gallery_inputs" / "run0_greenscreen.png") as img:
+        assert np.abs(np.asarray(img.getpixel((0, 0))) - np.round(screen)).max() <= 1
+
+
+def test_video_prompts_per_layer(tmp_path: Path):
+    folder = tmp_path / "videos"
+    write_video_run(folder, tmp_path)
+    (run,) = report.collect(folder)
+    assert run.prompts == {
+        "foreground/comp_text": "crochet swan / knitted swan",
+        "foreground/src_text": "swan",
+        "foreground/screen_text": "crochet",
+        "background/comp_text": "frozen lake",
+        "background/src_text": "lake",
+    }
+    tab = report.table([run])
+    assert report.to_markdown(tab).splitlines()[0] == (
+        "| foreground/comp_text | foreground/src_text | foreground/screen_text | background/comp_text "
+        "| background/src_text | foreground/clip_score | foreground/clip_directional_similarity "
+        "| frame_consistency | n |"
+    )
+    report.gallery(tab, folder, tile_height=24)
+    page = (folder / "gallery.html").read_text()
+    assert (
+        "foreground/comp_text: crochet swan / knitted swan<br>" in page and "background/comp_text: frozen lake" in page
+    )
 
 
 def test_gallery_survives_a_missing_output(sweep: Path):
@@ -370,14 +431,202 @@ def test_gallery_survives_a_missing_output(sweep: Path):
     assert '<td class="missing">missing</td>' in (sweep / "gallery.html").read_text()
 
 
+# prompts and the sortable page -----------------------------------------------------------------------------
+
+PROMPTS = {
+    "golden": {"comp_text": "golden cat", "src_text": "cat", "screen_text": "golden"},
+    "silver": {"comp_text": ["silver | cat", "metal cat"], "src_text": "cat", "screen_text": None},
+}
+
+
+@pytest.fixture
+def prompted(tmp_path: Path, inputs) -> Path:
+    folder = tmp_path / "prompted"
+    for edit in ("golden", "silver"):
+        for seed in (0, 1):
+            make_run(folder, [f"edit={edit}", f"seed={seed}"], {"clip_score": seed + 0.5}, inputs["cat"], edit=edit,
+                     prompts=PROMPTS[edit])  # fmt: skip
+    return folder
+
+
+def test_tables_show_the_prompts_of_the_runs(prompted: Path):
+    tab = report.table(report.collect(prompted))
+    assert tab.prompts == ["comp_text", "src_text", "screen_text"]
+    lines = report.to_markdown(tab).splitlines()
+    assert lines[0] == "| edit | comp_text | src_text | screen_text | clip_score | n |"
+    assert lines[1] == "| :--- | :--- | :--- | :--- | ---: | ---: |"
+    assert lines[2] == "| golden | golden cat | cat | golden | 1.000 ± 0.707 | 2 |"
+    assert lines[3] == "| silver | silver \\| cat / metal cat | cat | – | 1.000 ± 0.707 | 2 |"
+    grouped = list(csv.DictReader(io.StringIO(report.to_csv(tab))))
+    assert [(r["comp_text"], r["screen_text"]) for r in grouped] == [
+        ("golden cat", "golden"),
+        ("silver | cat / metal cat", ""),
+    ]
+    per_run = list(csv.DictReader(io.StringIO(report.to_runs_csv(tab))))
+    assert [r["comp_text"] for r in per_run] == ["golden cat"] * 2 + ["silver | cat / metal cat"] * 2
+    latex = report.to_latex(tab)
+    assert "\\begin{tabular}{llllrr}" in latex
+    assert "golden & golden cat & cat & golden & 1.000 $\\pm$ 0.707 & 2 \\\\" in latex
+    assert "silver & silver | cat / metal cat & cat & -- &" in latex
+
+
+def test_gallery_shows_prompts_green_screen_and_sorts(prompted: Path):
+    tab = report.table(report.collect(prompted))
+    report.gallery(tab, prompted, tile_height=16)
+    page = (prompted / "gallery.html").read_text()
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", page)
+    assert headers == ["#", "run", "prompts", "input", "composite", "alpha", "edit on green screen", "clip_score"]
+    assert "comp_text: golden cat<br>src_text: cat<br>screen_text: golden</td>" in page
+    assert "comp_text: silver | cat / metal cat<br>src_text: cat</td>" in page
+    # the green-screen column links each run's edit_on_greenscreen.png
+    sources = [unquote(html.unescape(src)) for src in re.findall(r'<img src="([^"]+)"', page)]
+    assert sources[3::4] == [f"{run.path.name}/edit_on_greenscreen.png" for run in tab.runs]
+    # sortable: clickable headers for the run, prompts and every metric, values to sort by, inline script only
+    assert re.findall(r'<th class="sortable">([^<]*)</th>', page) == ["#", "run", "prompts", "clip_score"]
+    assert page.count('data-value="') == 2 * len(tab.runs)  # the row number and each metric cell
+    assert "<script>" in page and 'addEventListener("click"' in page and "aria-sort" in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # no external resources
+    with Image.open(prompted / "gallery.png") as sheet:  # the prompts are in the contact sheet's labels
+        assert sheet.size[0] > GAP + 4 * (16 + GAP)
+
+
+# a partly finished sweep ------------------------------------------------------------------------------------
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def make_job(folder: Path, overrides: list[str], *, config: bool = True, logs: dict[str, str] | None = None) -> Path:
+    """A job folder without DONE: the config of a run that started (or not), and its logs."""
+    job = folder / ",".join(overrides)
+    job.mkdir(parents=True)
+    if config:
+        (job / "config.yaml").write_text("seed: 0\n")
+        (job / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    for name, text in (logs or {}).items():
+        (job / name).write_text(text)
+    return job
+
+
+@pytest.fixture
+def partial(tmp_path: Path, inputs) -> Path:
+    """edit x lambda: golden (2 seeds) and silver (1 seed) finished at lambda=0; golden at lambda=1 unfinished,
+    silver at lambda=1 failed."""
+    folder = tmp_path / "partial"
+    for edit, seed, clip in (("golden", 0, 1.0), ("golden", 1, 2.0), ("silver", 0, 0.5)):
+        overrides = ["+sweep=p", f"edit={edit}", "loss.lambda=0", f"seed={seed}"]
+        make_run(folder, overrides, {"clip_score": clip, "psnr": 20.0 + seed}, inputs["cat"], edit=edit)
+    make_job(folder, ["+sweep=p", "edit=golden", "loss.lambda=1", "seed=0"], logs={"launcher.log": "step 3/10\n"})
+    error = "[2026-01-02 10:00:00,000][text2live][ERROR] - error: the loss became non-finite at step 4\n"
+    make_job(folder, ["+sweep=p", "edit=silver", "loss.lambda=1", "seed=0"], logs={"train.log": "started\n" + error})
+    return folder
+
+
+def test_a_partial_sweep_keeps_every_swept_key_and_names_the_missing_jobs(partial: Path, capsys):
+    main([str(partial), "--tile-height", "16"])
+    captured = capsys.readouterr()
+    out = captured.out
+    lines = out.splitlines()
+    # loss.lambda is a column although every finished run has lambda=0
+    assert lines[0] == "| edit | loss.lambda | clip_score | psnr | n |"
+    assert lines[2] == "| golden | 0 | 1.500 ± 0.707 | 20.500 ± 0.707 | 2 |"
+    assert lines[3] == "| silver | 0 | 0.500 | 20.000 | 1 |"  # one seed: the value alone, no ±
+    assert "not in the table: 1 unfinished and 1 failed of 5 job(s)" in out
+    unfinished = next(line for line in lines if line.strip().startswith("unfinished"))
+    failed = next(line for line in lines if line.strip().startswith("failed"))
+    assert "edit=golden,loss.lambda=1,seed=0" in unfinished and "resumes" in unfinished
+    assert "edit=silver,loss.lambda=1,seed=0" in failed
+    assert "error: the loss became non-finite at step 4" in failed and "train.log" in failed
+    assert "error:" not in captured.err
+    # the CSVs: per group (no std of one value), and per seed
+    grouped = read_csv(partial / "table.csv")
+    assert [(r["edit"], r["loss.lambda"], r["clip_score_std"], r["n"]) for r in grouped] == [
+        ("golden", "0", repr(math.sqrt(0.5)), "2"),
+        ("silver", "0", "", "1"),
+    ]
+    per_seed = read_csv(partial / "table_runs.csv")
+    assert list(per_seed[0]) == ["edit", "loss.lambda", "seed", "clip_score", "psnr", "run"]
+    assert [(r["edit"], r["seed"], float(r["clip_score"]), float(r["psnr"])) for r in per_seed] == [
+        ("golden", "0", 1.0, 20.0),
+        ("golden", "1", 2.0, 21.0),
+        ("silver", "0", 0.5, 20.0),
+    ]
+    assert [(partial / r["run"]).is_dir() for r in per_seed] == [True] * 3
+    assert "0.500 ($n=1$)" not in (partial / "table.tex").read_text()  # the row's n is 1 already
+    assert "silver & 0 & 0.500 & 20.000 & 1 \\\\" in (partial / "table.tex").read_text()
+
+
+def test_a_sweep_with_no_result_yet_names_its_jobs_in_the_error(tmp_path: Path, capsys):
+    make_job(tmp_path / "s", ["edit=golden", "seed=0"])
+    make_job(tmp_path / "s", ["edit=silver", "seed=0"], config=False, logs={"launcher.log": "Traceback..."})
+    code, out, err = run_cli([str(tmp_path / "s")], capsys)
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: no finished run")
+    assert "1 unfinished and 1 failed of 2 job(s)" in err
+    assert "edit=golden,seed=0" in out and "edit=silver,seed=0" in out
+
+
+TRACEBACK = "Traceback (most recent call last):\n  File ...\ntorch.OutOfMemoryError: CUDA out of memory\n"
+
+
+@pytest.mark.parametrize(
+    "config, logs, state, reason",
+    [
+        (True, {}, "unfinished", "no DONE yet"),
+        (True, {"launcher.log": "step 5\n", "train.log": "[t][text2live][INFO] - step 5\n"}, "unfinished", "resumes"),
+        (True, {"train.log": "error: bad input\n\n"}, "failed", "error: bad input (see "),
+        (True, {"train.log": "[t][text2live][ERROR] - error: bad input\n"}, "failed", "error: bad input (see "),
+        (
+            True,
+            {"launcher.log": "step 5\n[launcher] the job was killed by signal 9 (SIGKILL)\n"},
+            "failed",
+            "the job was killed by signal 9",
+        ),
+        (True, {"launcher.log": TRACEBACK}, "failed", "torch.OutOfMemoryError: CUDA out of memory"),
+        (True, {"launcher.log": "error: stopped by SIGTERM\nstep 6\n"}, "unfinished", "resumes"),  # resumed since
+        (False, {"launcher.log": "starting\n"}, "failed", "ended before its run started"),
+        (False, {"train.log": "error: image_path=x does not exist\n"}, "failed", "error: image_path=x"),
+    ],
+)
+def test_job_states(config: bool, logs: dict, state: str, reason: str, tmp_path: Path):
+    make_job(tmp_path, ["edit=golden", "seed=0"], config=config, logs=logs)
+    (job,) = report.find_jobs(tmp_path)
+    assert (job.state, job.overrides) == (state, {"edit": "golden", "seed": "0"})
+    assert reason in job.reason
+
+
+def test_the_newer_log_tells_how_a_job_ended(tmp_path: Path):
+    job = make_job(tmp_path, ["seed=0"], logs={"train.log": "error: boom\n", "launcher.log": "step 9\n"})
+    ns = (job / "train.log").stat().st_mtime_ns
+    os.utime(job / "launcher.log", ns=(ns + 10**9, ns + 10**9))
+    assert report.find_jobs(tmp_path)[0].state == "unfinished"  # resumed: its output goes on after the error
+    os.utime(job / "train.log", ns=(ns + 2 * 10**9, ns + 2 * 10**9))
+    assert report.find_jobs(tmp_path)[0].state == "failed"
+
+
+def test_keys_from_a_folder_name_count_only_where_named(tmp_path: Path, inputs):
+    """A job that failed before writing overrides.yaml is named by the swept keys only: the others stay constant."""
+    folder = tmp_path / "s"
+    for edit in ("golden", "silver"):
+        make_run(folder, ["+sweep=s", f"edit={edit}", "experiment=study_cat", "seed=0"], {"m": 1.0}, inputs["cat"],
+                 edit=edit)  # fmt: skip
+    make_job(folder, ["edit=bronze", "seed=0"], config=False, logs={"launcher.log": "error: no such edit\n"})
+    jobs = report.find_jobs(folder)
+    assert [job.state for job in jobs] == ["failed", "finished", "finished"]
+    assert report.swept_keys(jobs) == ["edit"]
+
+
 # the command line -------------------------------------------------------------------------------------------
 
 
 def test_cli_writes_tables_and_gallery(sweep: Path, capsys):
-    report.main([str(sweep), "--tile-height", "20"])
+    main([str(sweep), "--tile-height", "20"])
     out = capsys.readouterr().out
     assert "| golden | 2.333 ± 1.528 | 21.500 ± 2.121 | 3 |" in out
-    for name in ("table.md", "table.csv", "table.tex", "gallery.png", "gallery.html"):
+    assert "not in the table" not in out
+    for name in ("table.md", "table.csv", "table.tex", "table_runs.csv", "gallery.png", "gallery.html"):
         assert (sweep / name).is_file()
         assert f"wrote {sweep / name}" in out
     assert (sweep / "table.md").read_text() in out
@@ -387,15 +636,18 @@ def test_cli_writes_tables_and_gallery(sweep: Path, capsys):
 
 def test_cli_out_metrics_and_no_gallery(sweep: Path, tmp_path: Path, capsys):
     out = tmp_path / "paper" / "fur"
-    report.main([str(sweep), "--out", str(out), "--metrics", "preservation_psnr", "--no-gallery"])
-    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex"]
+    main([str(sweep), "--out", str(out), "--metrics", "preservation_psnr", "--no-gallery"])
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md", "table.tex", "table_runs.csv"]
     assert (out / "table.md").read_text().splitlines()[0] == "| edit | preservation_psnr | n |"
     assert not (sweep / "table.md").exists()
+    per_run = read_csv(out / "table_runs.csv")
+    assert len(per_run) == 5 and all((out / r["run"] / "metrics.json").is_file() for r in per_run)
+    assert [r["preservation_psnr"] for r in per_run] == ["20.0", "", "23.0", "", ""]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
-        report.main(argv)
+        main(argv)
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
 
@@ -408,6 +660,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
         ("unevaluated", "t2l-eval"),
         ("bad_metric", "unknown metric"),
         ("bad_height", "too small"),
+        ("no_metrics", "--metrics is empty"),
     ],
 )
 def test_cli_errors(case: str, message: str, tmp_path: Path, inputs, capsys):
@@ -418,9 +671,10 @@ def test_cli_errors(case: str, message: str, tmp_path: Path, inputs, capsys):
         argv = [str(tmp_path / "nope")]
     elif case == "unevaluated":
         make_run(folder, ["edit=golden", "seed=0"], None, inputs["cat"])
-    elif case in ("bad_metric", "bad_height"):
+    elif case in ("bad_metric", "bad_height", "no_metrics"):
         make_run(folder, ["edit=golden", "seed=0"], {"clip_score": 1.0}, inputs["cat"])
-        argv += ["--metrics", "clip,clip_score"] if case == "bad_metric" else ["--tile-height", "2"]
+        argv += {"bad_metric": ["--metrics", "clip,clip_score"], "bad_height": ["--tile-height", "2"],
+                 "no_metrics": ["--metrics", " , "]}[case]  # fmt: skip
     code, out, err = run_cli(argv, capsys)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -430,18 +684,38 @@ def test_cli_errors(case: str, message: str, tmp_path: Path, inputs, capsys):
 
 def test_cli_warns_about_unevaluated_runs(sweep: Path, inputs, capsys):
     make_run(sweep, ["edit=golden", "seed=9"], None, inputs["cat"])
-    report.main([str(sweep), "--no-gallery"])
+    main([str(sweep), "--no-gallery"])
     err = capsys.readouterr().err
     assert re.search(r"^warning: skipped .*seed=9.*t2l-eval", err, re.M)
 
 
-def test_cli_help_and_module_entry_point(capsys):
+def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        report.main(["--help"])
+        main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "t2l-table" in text and "--metrics" in text and "t2l-eval" in text
+    for words in ("table_runs.csv", "edit on green screen", "unfinished", "failed", "launcher.log", "n=1"):
+        assert words in text
+
+
+def test_module_help_runs_without_torch(record_property):
+    start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "text2live.report", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-X", "importtime", "-m", "text2live.cli.table", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    record_property("help_seconds", round(time.perf_counter() - start, 3))
     assert result.returncode == 0 and "usage: t2l-table" in result.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "torch" not in imported and "text2live.reporting" not in imported
+
+
+def test_reporting_imports_neither_torch_nor_the_entry_points():
+    code = (
+        "import sys, text2live.reporting; print([m for m in sys.modules if m.startswith(('torch', 'text2live.cli'))])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

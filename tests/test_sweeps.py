@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from hydra_plugins.text2live_launcher.gpu_launcher import Job, quoted, run_pool, visible_gpus
 from text2live import runs
+from text2live.runs import run_names
 
 
 class FakeProcess:
@@ -175,12 +176,13 @@ def test_a_failing_job_ends_the_sweep_with_one_sentence_and_the_others_finish(tm
 
 
 def test_job_folders_are_named_by_the_overrides_that_vary():
-    from hydra_plugins.text2live_launcher.gpu_launcher import job_names
-
     jobs = [["+sweep=fur", "clip=tiny", f"edit={e}", f"seed={s}"] for e in ("golden", "silver") for s in (0, 1)]
-    assert job_names(jobs) == ["edit=golden,seed=0", "edit=golden,seed=1", "edit=silver,seed=0", "edit=silver,seed=1"]
-    assert job_names([["clip=tiny"]]) == ["run"]
-    assert job_names([["image_path=a/b.png"], ["image_path=c/d.png"]]) == ["image_path=a_b.png", "image_path=c_d.png"]
+    assert run_names(jobs) == ["edit=golden,seed=0", "edit=golden,seed=1", "edit=silver,seed=0", "edit=silver,seed=1"]
+    assert run_names([["clip=tiny"]]) == ["run"]
+    assert run_names([["image_path=a/b.png"], ["image_path=c/d.png"]]) == ["image_path=a_b.png", "image_path=c_d.png"]
+    # result-neutral overrides never name a folder, even when they differ between the jobs
+    neutral = [["seed=0", "log_images_freq=5", "trainer.precision=16"], ["seed=1", "log_images_freq=9", "+logger=x"]]
+    assert run_names(neutral) == ["seed=0", "seed=1"]
 
 
 def test_real_concurrent_workers_never_share_a_gpu(tmp_path):
@@ -209,7 +211,7 @@ def test_real_concurrent_workers_never_share_a_gpu(tmp_path):
 def test_a_finished_sweep_gives_its_table_and_gallery(sweep, tmp_path):
     import csv
 
-    from text2live.report import main as table_main
+    from text2live.cli.table import main as table_main
 
     assert table_main([str(sweep), "--out", str(tmp_path), "--metrics", "clip_score,preservation_psnr"]) in (0, None)
     with open(tmp_path / "table.csv") as f:
