@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from text2live.build import build_system
 from text2live.clip_guide import ClipGuide, build_guide
 from text2live.config import CONF_DIR
 from text2live.data import ImageDataModule
@@ -24,12 +26,18 @@ from text2live.errors import InputError
 from text2live.generator import SkipGenerator
 from text2live.losses import LossStack
 from text2live.system import ImageEditSystem
-from text2live.build import build_system
-from text2live.video_data import AtlasDataModule
+from text2live.video_data import AtlasCrops, AtlasDataModule
 from text2live.video_system import VideoEditSystem
 
+
+def config_options(conf_dir: Path) -> list[tuple[str, str]]:
+    """(group, option) for every YAML file of every group folder of ``conf_dir``."""
+    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir())
+    return [(group, p.stem) for group in groups for p in sorted((conf_dir / group).glob("*.yaml"))]
+
+
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
-OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONF_DIR / group).glob("*.yaml"))]
+OPTIONS = config_options(CONF_DIR)
 # the reference's examples whose photos are not shipped (they live under data_dir)
 NOT_SHIPPED = {"golden_horse": "images/horse.jpg", "ice_cake": "images/cake.jpeg"}
 
@@ -43,7 +51,17 @@ VIDEO_EXAMPLES = {
 }
 
 
-def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path, video=None) -> DictConfig:
+def compose_at(conf_dir: Path, overrides: list[str]) -> DictConfig:
+    """conftest's ``compose_config`` from another config folder (a copy of ``conf/`` with a file added)."""
+    if conf_dir == CONF_DIR:
+        return compose_config(overrides)
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def compose_option(
+    group: str, option: str, tmp_path: Path, small_cat: Path, video=None, conf_dir: Path = CONF_DIR
+) -> DictConfig:
     """TINY with ``group=option`` instead of TINY's own choices for that group (those could be other keys)."""
     if (group, option) in VIDEO_OPTIONS or option in VIDEO_EXAMPLES:
         tiny = VIDEO_TINY  # made for these options
@@ -65,7 +83,7 @@ def compose_option(group: str, option: str, tmp_path: Path, small_cat: Path, vid
         inputs = []  # a sweep chooses its experiment
     where = [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}"]
     choice = f"+{group}={option}" if group == "sweep" else f"{group}={option}"  # sweeps are added: +sweep=fur
-    return compose_config([*tiny, *inputs, *where, choice])
+    return compose_at(conf_dir, [*tiny, *inputs, *where, choice])
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +134,11 @@ def check_loss(cfg: DictConfig, guide: ClipGuide, **_) -> None:
     losses = instantiate(cfg.loss, guide=guide)
     assert isinstance(losses, LossStack)
     for key, value in cfg.loss.items():
+        if key == "lambda_direction" and value is None:  # null: the composition term's weight
+            value = cfg.loss.lambda_composition
         if key.startswith("lambda_") or key in ("n_aug", "bootstrap_steps", "bootstrap_sum_outputs"):
             assert getattr(losses, key) == value, key
+    assert losses.weights(10**6)["direction"] == losses.lambda_direction
     assert losses.src_e.shape[0] == 14 and losses.comp_e.shape[0] == 14  # one row per template
     assert losses.screen_e.shape[0] == 2  # the two green-screen templates
 
@@ -125,6 +146,10 @@ def check_loss(cfg: DictConfig, guide: ClipGuide, **_) -> None:
 def check_data(cfg: DictConfig, **_) -> None:
     datamodule = instantiate(cfg.data)
     if isinstance(datamodule, AtlasDataModule):
+        assert isinstance(datamodule.crops, AtlasCrops)
+        for key, value in cfg.data.crops.items():
+            if key != "_target_":
+                assert getattr(datamodule.crops, key) == value, key
         datamodule.setup("fit")
         assert tuple(datamodule.video.shape) == (VIDEO_FRAMES, 3, cfg.data.height, cfg.data.width)
         assert list(datamodule.layers) == list(cfg.edit_layers) == ["foreground"]
@@ -210,27 +235,65 @@ def check_experiment(cfg: DictConfig, tmp_path: Path, option: str, **_) -> None:
     assert system.losses.comp_e.shape[0] == rows
 
 
-def check_ablation(cfg: DictConfig, option: str, **_) -> None:
-    """An ablation removes exactly what its name says from the full method."""
-    full = compose_config(["experiment=golden_horse"])  # bootstraps, so every ablation removes something
-    ablated = compose_config(["experiment=golden_horse", f"ablation={option}"])
-    removed = {
-        "none": {},
-        "no_bootstrap": {"loss.bootstrap_steps": 0},
-        "no_sparsity": {"loss.lambda_sparsity": 0.0},
-        "no_structure": {"loss.lambda_structure": 0.0},
-        "no_screen": {"loss.lambda_screen": 0.0},
-        "no_crops": {"data.full_input": True},
-    }[option]
-    assert {k for k, v in flat(full).items() if flat(ablated).get(k) != v} == set(removed)
-    for key, value in removed.items():
-        assert OmegaConf.select(ablated, key) == value != OmegaConf.select(full, key)
+def ablation_settings(option: str, conf_dir: Path = CONF_DIR) -> dict:
+    """The dotted keys the file of an ablation sets, with their values."""
+    return flat(OmegaConf.load(conf_dir / "ablation" / f"{option}.yaml"))
+
+
+def check_ablation(cfg: DictConfig, option: str, guide: ClipGuide, conf_dir: Path = CONF_DIR, **_) -> None:
+    """An ablation changes the full method exactly where its file says, and each change is a change."""
+    full = compose_at(conf_dir, ["experiment=golden_horse"])  # bootstraps, so every ablation removes something
+    ablated = compose_at(conf_dir, ["experiment=golden_horse", f"ablation={option}"])
+    settings = ablation_settings(option, conf_dir)
+    before, after = flat(full), flat(ablated)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert changed == set(settings), f"conf/ablation/{option}.yaml must start with '# @package _global_'"
+    for key, value in settings.items():
+        assert OmegaConf.select(ablated, key) == value != OmegaConf.select(full, key), key
+    weights = instantiate(cfg.loss, guide=guide).weights(0)
+    instantiate(cfg.data)
+    for key, value in settings.items():
+        if key.startswith("loss.lambda_") and value == 0:
+            assert key.removeprefix("loss.lambda_") not in weights, key  # a term with weight 0 is not computed
     if option == "no_crops":
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         datamodule.trainer = None
         sample = next(iter(datamodule.train_dataloader()))
         assert torch.equal(sample["crop"], datamodule.image) and "image" not in sample
+
+
+def test_the_shipped_ablations_remove_what_their_names_say():
+    expected = {
+        "none": {},
+        "no_bootstrap": {"loss.bootstrap_steps": 0},
+        "no_sparsity": {"loss.lambda_sparsity": 0.0},
+        "no_structure": {"loss.lambda_structure": 0.0},
+        "no_screen": {"loss.lambda_screen": 0.0},
+        "no_direction": {"loss.lambda_direction": 0.0},
+        "no_crops": {"data.full_input": True},
+    }
+    assert {name: ablation_settings(name) for name in expected} == expected
+
+
+def test_a_new_ablation_is_one_file(tmp_path, small_cat, tiny_guide):
+    """README's recipe: a file added to conf/ablation/ is an option every config check picks up and passes."""
+    conf_dir = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf_dir)
+    recipe = "# @package _global_\n# Ablation: half the structure term, no screen term.\n"
+    (conf_dir / "ablation" / "half_structure.yaml").write_text(
+        recipe + "loss:\n  lambda_structure: 1.0\n  lambda_screen: 0.0\n"
+    )
+    assert ("ablation", "half_structure") in config_options(conf_dir)
+    cfg = compose_option("ablation", "half_structure", tmp_path, small_cat, conf_dir=conf_dir)
+    assert (cfg.loss.lambda_structure, cfg.loss.lambda_screen) == (1.0, 0.0)
+    CHECKS["ablation"](cfg, option="half_structure", guide=tiny_guide, conf_dir=conf_dir)
+
+    # without the package line the keys land under `ablation.` and change nothing: the check says so
+    (conf_dir / "ablation" / "headless.yaml").write_text("loss:\n  lambda_structure: 0.0\n")
+    cfg = compose_option("ablation", "headless", tmp_path, small_cat, conf_dir=conf_dir)
+    with pytest.raises(AssertionError, match="must start with '# @package _global_'"):
+        check_ablation(cfg, option="headless", guide=tiny_guide, conf_dir=conf_dir)
 
 
 def check_sweep(cfg: DictConfig, option: str, **_) -> None:

@@ -101,7 +101,7 @@ def test_missing_prompt_is_a_config_error(small_cat, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    """The structure term turns NaN at step 2 (its third call); the step-2 checkpoint stays loadable."""
+    """The structure term turns NaN in step 3 (its third call); the step-2 checkpoint stays loadable."""
     original = LossStack.structure_loss
     calls = []
 
@@ -114,10 +114,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError) as exc:
         train(tiny_cfg())
-    assert exc.value.step == 2
+    assert exc.value.step == 3  # counted from 1, as TensorBoard and the snapshots count
     assert exc.value.terms == ["structure"]
     message = one_sentence(exc)
-    assert "the loss term(s) structure became non-finite at step 2" in message
+    assert "the loss term(s) structure became non-finite at step 3" in message
     assert exc.value.exit_code == 3
     assert_not_finished(run_dir)
 

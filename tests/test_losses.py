@@ -177,6 +177,46 @@ def test_forward_total_is_the_weighted_sum_of_terms(guide: ClipGuide) -> None:
     assert terms["sparsity_l1"].item() == pytest.approx(outputs[0]["alpha"].mean().item())
 
 
+def test_direction_weight_follows_composition_unless_set(guide: ClipGuide) -> None:
+    assert make_stack(guide, lambda_composition=0.5).weights(10) == pytest.approx(
+        {**SPEC_IMAGE_WEIGHTS, "composition": 0.5, "direction": 0.5}
+    )
+    assert make_stack(guide, lambda_direction=3.0).weights(10) == {**SPEC_IMAGE_WEIGHTS, "direction": 3.0}
+    no_direction = make_stack(guide, lambda_direction=0.0).weights(10)
+    assert no_direction == {k: v for k, v in SPEC_IMAGE_WEIGHTS.items() if k != "direction"}
+    only_direction = make_stack(guide, lambda_composition=0.0, lambda_direction=1.0).weights(10)
+    assert only_direction == {k: v for k, v in SPEC_IMAGE_WEIGHTS.items() if k != "composition"}
+    with pytest.raises(ConfigError, match="loss.lambda_direction=-1"):
+        make_stack(guide, lambda_direction=-1.0)
+
+
+def test_direction_weight_changes_only_its_share_of_the_total(guide: ClipGuide) -> None:
+    """The same draws whatever the direction weight, as long as both CLIP terms are on."""
+    inputs, outputs = step_data()
+    default = make_stack(guide, bootstrap_steps=0)(inputs, outputs, 0, torch.Generator().manual_seed(4))
+    heavy = make_stack(guide, bootstrap_steps=0, lambda_direction=3.0)(
+        inputs, outputs, 0, torch.Generator().manual_seed(4)
+    )
+    assert set(default) == set(heavy)
+    for name in set(default) - {"total"}:
+        assert default[name].item() == heavy[name].item(), name
+    extra = 2.0 * default["direction"].item()
+    assert heavy["total"].item() == pytest.approx(default["total"].item() + extra, rel=1e-6)
+
+
+@pytest.mark.parametrize(("off", "kept"), [("composition", "direction"), ("direction", "composition")])
+def test_each_clip_text_term_can_be_ablated_alone(guide: ClipGuide, monkeypatch, off: str, kept: str) -> None:
+    settings = {"lambda_composition": 1.0, "lambda_direction": 1.0, f"lambda_{off}": 0.0}
+    stack = make_stack(guide, bootstrap_steps=0, lambda_structure=0.0, lambda_screen=0.0, **settings)
+    method = {"composition": "clip_loss", "direction": "direction_loss"}[off]
+    monkeypatch.setattr(stack, method, lambda *args: pytest.fail(f"the {off} term has weight 0"))
+    inputs, outputs = step_data()
+    terms = stack(inputs, outputs, 0, torch.Generator().manual_seed(0))
+    assert set(terms) == {kept, "sparsity", "sparsity_l1", "sparsity_l0", "total"}
+    expected = terms[kept].item() + 6.0 * terms["sparsity"].item()
+    assert terms["total"].item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_zero_weight_terms_are_not_computed(guide: ClipGuide, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = make_stack(guide, lambda_structure=0.0, lambda_composition=0.0, lambda_screen=0.0, bootstrap_steps=0)
 

@@ -145,12 +145,12 @@ def test_tensorboard_logs_losses_lr_and_images(finished):
     assert len(events_files) == 2  # training, then the end-of-run evaluation (metrics and hparams)
     events, logged = scalars(finished)
     for tag in ("train/loss/structure", "train/loss/total", "train/lr", "train/bootstrap_weight"):
-        assert [step for step, _ in logged[tag]] == [0, 1, 2], tag
+        assert [step for step, _ in logged[tag]] == [1, 2, 3], tag  # completed steps, as snapshots and metrics
 
     # linear bootstrap schedule: 10 * (1 - (t + 1) / 2) for t < bootstrap_steps=2, then off
     assert [w for _, w in logged["train/bootstrap_weight"]] == [5.0, 0.0, 0.0]
     value = {tag: dict(points) for tag, points in logged.items()}
-    for t in range(3):
+    for t in (1, 2, 3):
         terms = {name: value[f"train/loss/{name}"][t] for name in ("structure", "composition", "direction", "screen")}
         sparsity = value["train/loss/sparsity"][t]
         l1, l0 = value["train/loss/sparsity_l1"][t], value["train/loss/sparsity_l0"][t]
@@ -161,21 +161,21 @@ def test_tensorboard_logs_losses_lr_and_images(finished):
         assert value["train/loss/total"][t] == pytest.approx(total, rel=1e-5)
 
     (image_tag,) = events.Tags()["images"]
-    (snapshot_event,) = events.Images(image_tag)
-    assert snapshot_event.step == 2
+    images = events.Images(image_tag)
+    assert [event.step for event in images] == [2, 3]  # the step-2 snapshot, then the final result
     # one row of 5 tiles (input, edit, alpha, green screen, composite) of 144 x 96 with 4 px padding
-    assert (snapshot_event.width, snapshot_event.height) == (5 * (144 + 4) + 4, 96 + 2 * 4)
+    assert all((event.width, event.height) == (5 * (144 + 4) + 4, 96 + 2 * 4) for event in images)
 
 
 def test_a_term_that_is_not_computed_is_not_logged(finished):
     _, logged = scalars(finished)
-    assert [step for step, _ in logged["train/loss/bootstrap"]] == [0]
+    assert [step for step, _ in logged["train/loss/bootstrap"]] == [1]
 
 
 def test_learning_rate_decays_per_step(finished):
     _, logged = scalars(finished)
-    for step, lr in logged["train/lr"]:
-        assert lr == pytest.approx(LR0 * DECAY**step, rel=1e-6)
+    for step, lr in logged["train/lr"]:  # logged at the number of completed steps: the rate of step (step - 1)
+        assert lr == pytest.approx(LR0 * DECAY ** (step - 1), rel=1e-6)
     for name, step in ((runs.LAST_CHECKPOINT, 2), (runs.FINAL_CHECKPOINT, 3)):
         checkpoint = torch.load(finished / "checkpoints" / name, map_location="cpu", weights_only=True)
         assert checkpoint["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(LR0 * DECAY**step, rel=1e-12)

@@ -36,13 +36,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from text2live import runs
+from text2live.build import build_system
 from text2live.clip_guide import TEMPLATES
 from text2live.errors import ConfigError, InputError
 from text2live.generator import GREENSCREEN_RGB, SkipGenerator, render_layers
 from text2live.io import to_uint8
-from text2live.build import build_system
 from text2live.training import train
-from text2live.video_data import AtlasDataModule
+from text2live.video_data import AtlasCrops, AtlasDataModule
 from text2live.video_system import VideoEditSystem, compose_video, render_layer, sample_atlas
 
 LAYERS = ("foreground", "background")
@@ -290,27 +290,27 @@ def test_per_layer_prompts_reach_each_layers_loss(video, tmp_path):
     [("foreground", ["foreground"], 4), ("background", ["background"], 3), ("both", list(LAYERS), 3)],
 )
 def test_tensorboard_logs_every_term_of_every_layer(request, name, layers, steps):
-    """train/loss/<layer>/<term> at every step; each layer's total is its weighted sum (video loss weights
-    3, 1, 1, 0.1 (0.01 L1 + 0.005 L0), 1) and train/loss/total is the sum over layers."""
+    """train/loss/<layer>/<term> at every step (1 .. steps: the steps done); each layer's total is its weighted
+    sum (video loss weights 3, 1, 1, 0.1 (0.01 L1 + 0.005 L0), 1) and train/loss/total is the sum over layers."""
     run_dir = request.getfixturevalue(RUN_FIXTURES[name])
     logged = scalars(run_dir)
     for layer in layers:
         for term in TERMS:
-            assert sorted(logged[f"train/loss/{layer}/{term}"]) == list(range(steps)), (layer, term)
+            assert sorted(logged[f"train/loss/{layer}/{term}"]) == list(range(1, steps + 1)), (layer, term)
         assert f"train/loss/{layer}/bootstrap" not in logged
         assert set(logged[f"train/bootstrap_weight/{layer}"].values()) == {0.0}
     others = [other for other in LAYERS if other not in layers]
     assert not [tag for tag in logged if any(other in tag.split("/") for other in others)]
-    for t in range(steps):
+    for n in range(1, steps + 1):
         totals = 0.0
         for layer in layers:
-            v = {term: logged[f"train/loss/{layer}/{term}"][t] for term in TERMS}
+            v = {term: logged[f"train/loss/{layer}/{term}"][n] for term in TERMS}
             assert v["sparsity"] == pytest.approx(0.01 * v["sparsity_l1"] + 0.005 * v["sparsity_l0"], rel=1e-5)
             total = 3 * v["structure"] + v["composition"] + v["direction"] + 0.1 * v["sparsity"] + v["screen"]
             assert v["total"] == pytest.approx(total, rel=1e-5)
             totals += v["total"]
-        assert logged["train/loss/total"][t] == pytest.approx(totals, rel=1e-5)
-        assert logged["train/lr"][t] == pytest.approx(0.0025 * 0.999**t, rel=1e-6)
+        assert logged["train/loss/total"][n] == pytest.approx(totals, rel=1e-5)
+        assert logged["train/lr"][n] == pytest.approx(0.0025 * 0.999 ** (n - 1), rel=1e-6)  # the rate step n used
 
 
 # compositing ------------------------------------------------------------------------------------------------
@@ -404,6 +404,7 @@ def atlas_data(video) -> AtlasDataModule:
         str(video[0]),
         str(video[1]),
         VIDEO_FRAMES,
+        AtlasCrops(jitter_p=0.0),
         LAYERS,
         height=36,
         width=64,
@@ -412,7 +413,6 @@ def atlas_data(video) -> AtlasDataModule:
         min_side=17,
         chunk_size=4096,
         steps=10,
-        jitter_p=0.0,
         entire_atlas_every=3,
     )
     datamodule.setup()
@@ -442,7 +442,7 @@ def frame_pass(system: VideoEditSystem, sample: dict) -> tuple[torch.Tensor, dic
 @pytest.mark.parametrize("seed", [0, 1])
 def test_foreground_frame_pass_weights_colour_by_alpha_twice_as_the_reference(atlas_data, monkeypatch, seed):
     """alpha_once=false (bug 5): the RGBA output is multiplied by the NLA alpha before compositing."""
-    sample = atlas_data.crops(0, seed)["foreground"]
+    sample = atlas_data.sampler(0, seed)["foreground"]
     system = stub_system(monkeypatch, alpha_once=False)
     image, out, crop, al = frame_pass(system, sample)
     assert torch.equal(image, crop)
@@ -456,7 +456,7 @@ def test_foreground_frame_pass_weights_colour_by_alpha_twice_as_the_reference(at
 @pytest.mark.parametrize("seed", [0, 1])
 def test_foreground_frame_pass_weights_colour_by_alpha_once(atlas_data, monkeypatch, seed):
     """alpha_once=true: composite = (1 - a) crop + a rgb alpha; the renderings are matted by alpha."""
-    sample = atlas_data.crops(0, seed)["foreground"]
+    sample = atlas_data.sampler(0, seed)["foreground"]
     system = stub_system(monkeypatch, alpha_once=True)
     _, out, crop, al = frame_pass(system, sample)
     rgba = fixed_rgba(crop)
@@ -471,7 +471,7 @@ def test_foreground_frame_pass_weights_colour_by_alpha_once(atlas_data, monkeypa
 def test_atlas_sampled_pairs(atlas_data, monkeypatch, mask_structure_input):
     """The three atlas-sampled pairs: renderings of the atlas crop sampled by each grid and matted by alpha
     (greenscreen shows green where alpha is low); inputs are matted too only with mask_structure_input."""
-    sample = atlas_data.crops(0, 3)["foreground"]
+    sample = atlas_data.sampler(0, 3)["foreground"]
     system = stub_system(monkeypatch, mask_structure_input=mask_structure_input)
     inputs, outputs = system.layer_outputs("foreground", sample)
     atlas_crop = sample["atlas_crop"]
@@ -487,7 +487,7 @@ def test_atlas_sampled_pairs(atlas_data, monkeypatch, mask_structure_input):
 
 def test_background_pairs_are_not_matted(atlas_data, monkeypatch):
     """Background renderings are only grid-sampled (no NLA alpha), whatever mask_structure_input says."""
-    sample = atlas_data.crops(0, 4)["background"]
+    sample = atlas_data.sampler(0, 4)["background"]
     system = stub_system(monkeypatch, mask_structure_input=True)
     inputs, outputs = system.layer_outputs("background", sample)
     atlas_crop = sample["atlas_crop"]
@@ -504,7 +504,7 @@ def test_four_pairs_or_five_with_the_whole_atlas(atlas_data, monkeypatch):
     """3 atlas-sampled crops + 1 frame crop; the whole atlas is a 5th pair on steps 2, 5 (every 3rd)."""
     system = stub_system(monkeypatch)
     for step in range(6):
-        sample = atlas_data.crops(step, step)
+        sample = atlas_data.sampler(step, step)
         for layer in LAYERS:
             inputs, outputs = system.layer_outputs(layer, sample[layer])
             whole = (step + 1) % 3 == 0
@@ -618,12 +618,12 @@ def test_bootstrap_of_one_layer(video, tmp_path):
     run_dir = train(cfg)
     assert (run_dir / runs.DONE_FILE).exists()
     logged = scalars(run_dir)
-    assert sorted(logged["train/loss/foreground/bootstrap"]) == [0, 1]
+    assert sorted(logged["train/loss/foreground/bootstrap"]) == [1, 2]
     assert "train/loss/background/bootstrap" not in logged
-    assert logged["train/bootstrap_weight/foreground"] == {0: 10.0, 1: 10.0}
-    assert logged["train/bootstrap_weight/background"] == {0: 0.0, 1: 0.0}
-    for t in (0, 1):
-        v = {term: logged[f"train/loss/foreground/{term}"][t] for term in (*TERMS, "bootstrap")}
+    assert logged["train/bootstrap_weight/foreground"] == {1: 10.0, 2: 10.0}
+    assert logged["train/bootstrap_weight/background"] == {1: 0.0, 2: 0.0}
+    for n in (1, 2):
+        v = {term: logged[f"train/loss/foreground/{term}"][n] for term in (*TERMS, "bootstrap")}
         total = 3 * v["structure"] + v["composition"] + v["direction"] + 0.1 * v["sparsity"] + v["screen"]
         assert v["total"] == pytest.approx(total + 10 * v["bootstrap"], rel=1e-5)
 
@@ -673,7 +673,12 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "text2live.cli.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "text2live.cli.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -21,6 +21,7 @@ from text2live.data import DATA_STREAM, LOSS_STREAM, step_seed
 from text2live.errors import ConfigError, InputError
 from text2live.nla import load_nla, synthetic_nla
 from text2live.video_data import (
+    AtlasCrops,
     AtlasDataModule,
     AtlasSteps,
     atlas_extent,
@@ -51,7 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make_datamodule(video: tuple[Path, Path], **overrides) -> AtlasDataModule:
     checkpoint, frames = video
     kwargs = {"nla_checkpoint": str(checkpoint), "frames_dir": str(frames), "edit_layers": LAYERS, **SETTINGS}
-    return AtlasDataModule(**{**kwargs, **overrides})
+    return AtlasDataModule(**{"crops": AtlasCrops(), **kwargs, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +68,21 @@ def nla(synthetic_video):
     return load_nla(synthetic_video[0], VIDEO_FRAMES, VIDEO_HEIGHT, VIDEO_WIDTH)
 
 
-def draw(crops, monkeypatch, step: int, seed: int, **attributes) -> tuple[dict, dict[str, list[tuple]]]:
-    """One step's sample and, per layer, the (frame, top, left, h, w) boxes its frame crops were cut from."""
+def draw(sampler, monkeypatch, step: int, seed: int, **crops) -> tuple[dict, dict[str, list[tuple]]]:
+    """One step's sample and, per layer, the (frame, top, left, h, w) boxes its frame crops were cut from;
+    ``crops`` replaces settings of the sampler's crops for this draw."""
     boxes: dict[str, list[tuple]] = {name: [] for name in LAYERS}
-    original = crops.layer_crop
+    original = sampler.layer_crop
 
     def record(name, frame, top, left, h, w):
         boxes[name].append((frame, top, left, h, w))
         return original(name, frame, top, left, h, w)
 
     with monkeypatch.context() as m:
-        m.setattr(crops, "layer_crop", record)
-        for key, value in attributes.items():
-            m.setattr(crops, key, value)
-        sample = crops(step, seed)
+        m.setattr(sampler, "layer_crop", record)
+        for key, value in crops.items():
+            m.setattr(sampler.crops, key, value)
+        sample = sampler(step, seed)
     return sample, boxes
 
 
@@ -232,7 +234,7 @@ def test_sampling_the_atlas_is_bilinear_at_uv_minus_half_a_pixel(dm):
 
 
 def test_background_reference_is_the_nla_reconstruction(dm, nla):
-    reference = dm.crops.reference["background"]
+    reference = dm.sampler.reference["background"]
     assert reference.shape == (VIDEO_FRAMES, 3, 36, 64)
     ys, xs = torch.meshgrid(torch.arange(36.0), torch.arange(64.0), indexing="ij")
     for t in range(VIDEO_FRAMES):
@@ -240,7 +242,7 @@ def test_background_reference_is_the_nla_reconstruction(dm, nla):
         with torch.no_grad():
             rgb = nla.atlas_rgb(nla.frame_maps(xyt)["background"])
         torch.testing.assert_close(reference[t], rgb.T.reshape(3, 36, 64), rtol=0, atol=1e-5)
-    assert "foreground" not in dm.crops.reference
+    assert "foreground" not in dm.sampler.reference
 
 
 def test_video_is_the_frames_and_alpha_is_the_nla_alpha(dm, nla, synthetic_video):
@@ -266,7 +268,7 @@ def test_frames_are_t_minus_2_t_t_plus_2(tmp_path, monkeypatch):
     datamodule.setup()
     centres = set()
     for seed in range(40):
-        sample, boxes = draw(datamodule.crops, monkeypatch, 0, seed)
+        sample, boxes = draw(datamodule.sampler, monkeypatch, 0, seed)
         t = sample["frames"][1]
         assert sample["frames"] == [t - 2, t, t + 2]
         assert [box[0] for box in boxes["foreground"]] == sample["frames"]
@@ -274,10 +276,36 @@ def test_frames_are_t_minus_2_t_t_plus_2(tmp_path, monkeypatch):
     assert centres == {2, 3, 4}
 
 
+def test_frame_distance_comes_from_the_crop_settings(dm, monkeypatch):
+    """With frame_distance=1 the step's frames of a 5-frame video are t - 1, t, t + 1 for t in [1, 3]."""
+    centres = set()
+    for seed in range(40):
+        sample, boxes = draw(dm.sampler, monkeypatch, 0, seed, frame_distance=1)
+        t = sample["frames"][1]
+        assert sample["frames"] == [t - 1, t, t + 1]
+        assert [box[0] for box in boxes["foreground"]] == sample["frames"]
+        centres.add(t)
+    assert centres == {1, 2, 3}
+
+
+def test_crop_settings_are_checked(synthetic_video):
+    with pytest.raises(ConfigError, match=r"data.crops.crop_min_cover must be in \(0, 1\], got 0"):
+        AtlasCrops(crop_min_cover=0)
+    with pytest.raises(ConfigError, match=r"at least 2 \* data.crops.frame_distance \+ 1 = 7 frames"):
+        make_datamodule(synthetic_video, crops=AtlasCrops(frame_distance=3))
+
+
+def test_full_input_keeps_the_frames_and_drops_the_augmentation(synthetic_video):
+    settings = AtlasCrops(frame_distance=1, flip_p=0.3, jitter_p=0.2, crop_min_cover=0.8)
+    crops = make_datamodule(synthetic_video, crops=settings, full_input=True).crops
+    assert (crops.frame_distance, crops.flip_p, crops.jitter_p, crops.crop_min_cover) == (1, 0.0, 0.0, 1.0)
+    assert make_datamodule(synthetic_video, crops=settings).crops is settings
+
+
 def test_crop_sides_within_the_configured_cover(dm, monkeypatch):
     fg_boxes = dm.layers["foreground"].boundaries
     for seed in range(40):
-        sample, boxes = draw(dm.crops, monkeypatch, 0, seed)
+        sample, boxes = draw(dm.sampler, monkeypatch, 0, seed)
         assert sample["frames"] == [0, 2, 4]  # 5 frames: t = 2 only
         # background: 95-100 % of 36 x 64, one window on all three frames
         (first, *others) = boxes["background"]
@@ -302,7 +330,7 @@ def test_crop_sides_within_the_configured_cover(dm, monkeypatch):
 def test_atlas_crop_covers_the_uvs_of_the_three_crops(dm, monkeypatch):
     """Every grid value lies in [-1, 1], and the extremes are within one atlas pixel of -1 and +1."""
     for seed in range(60):
-        sample, boxes = draw(dm.crops, monkeypatch, 0, seed)
+        sample, boxes = draw(dm.sampler, monkeypatch, 0, seed)
         for name in LAYERS:
             layer_sample = sample[name]
             v0, u0, h, w = layer_sample["atlas_box"]
@@ -324,7 +352,7 @@ def test_atlas_crop_covers_the_uvs_of_the_three_crops(dm, monkeypatch):
 def test_grids_read_the_atlas_crop_where_the_uvs_point(dm, monkeypatch):
     """Sampling the atlas crop at a grid = bilinear interpolation of the crop at uv - origin - 0.5."""
     for seed in range(5):
-        sample, boxes = draw(dm.crops, monkeypatch, 0, seed, jitter_p=0.0, flip_p=0.0)
+        sample, boxes = draw(dm.sampler, monkeypatch, 0, seed, jitter_p=0.0, flip_p=0.0)
         for name in LAYERS:
             layer_sample = sample[name]
             v0, u0, h, w = layer_sample["atlas_box"]
@@ -338,21 +366,21 @@ def test_grids_read_the_atlas_crop_where_the_uvs_point(dm, monkeypatch):
 
 def test_frame_crops_are_the_layer_references(dm, monkeypatch):
     """Without jitter: background crops are the NLA reconstruction, foreground crops are frame x alpha."""
-    sample, boxes = draw(dm.crops, monkeypatch, 0, 11, jitter_p=0.0, flip_p=0.0)
+    sample, boxes = draw(dm.sampler, monkeypatch, 0, 11, jitter_p=0.0, flip_p=0.0)
     for name in LAYERS:
         for crop, alpha, (frame, top, left, h, w) in zip(sample[name]["crops"], sample[name]["alphas"], boxes[name]):
             window = (slice(frame, frame + 1), slice(None), slice(top, top + h), slice(left, left + w))
             if name == "foreground":
                 assert torch.equal(crop, dm.video[window] * dm.alpha[window])
             else:
-                assert torch.equal(crop, dm.crops.reference["background"][window])
+                assert torch.equal(crop, dm.sampler.reference["background"][window])
             assert torch.equal(alpha, dm.alpha[window])
 
 
 def test_flip_mirrors_the_whole_sample(dm, monkeypatch):
     for seed in (0, 1, 2):
-        plain, _ = draw(dm.crops, monkeypatch, 4, seed, flip_p=0.0)
-        flipped, _ = draw(dm.crops, monkeypatch, 4, seed, flip_p=1.0)
+        plain, _ = draw(dm.sampler, monkeypatch, 4, seed, flip_p=0.0)
+        flipped, _ = draw(dm.sampler, monkeypatch, 4, seed, flip_p=1.0)
         assert (plain["flip"], flipped["flip"]) == (False, True)
         assert plain["frames"] == flipped["frames"]
         for name in LAYERS:
@@ -373,13 +401,13 @@ def test_colour_jitter_is_rare_and_shared_by_the_background_crops(dm, monkeypatc
     counts = {"background crops": 0, "foreground crop": 0, "atlas crop": 0}
     n = 300
     for seed in range(n):
-        sample, boxes = draw(dm.crops, monkeypatch, 0, seed, flip_p=0.0)
+        sample, boxes = draw(dm.sampler, monkeypatch, 0, seed, flip_p=0.0)
         crops = sample["background"]["crops"]
-        plain = [dm.crops.layer_crop("background", *box) for box in boxes["background"]]
+        plain = [dm.sampler.layer_crop("background", *box) for box in boxes["background"]]
         jittered = [not torch.equal(c, p) for c, p in zip(crops, plain)]
         assert len(set(jittered)) == 1  # all three or none
         counts["background crops"] += jittered[0]
-        plain_fg = dm.crops.layer_crop("foreground", *boxes["foreground"][0])
+        plain_fg = dm.sampler.layer_crop("foreground", *boxes["foreground"][0])
         counts["foreground crop"] += not torch.equal(sample["foreground"]["crops"][0], plain_fg)
         v0, u0, h, w = sample["background"]["atlas_box"]
         atlas = dm.layers["background"].atlas[..., v0 : v0 + h, u0 : u0 + w]
@@ -389,12 +417,12 @@ def test_colour_jitter_is_rare_and_shared_by_the_background_crops(dm, monkeypatc
 
 
 def test_flip_follows_flip_p(dm):
-    flips = [dm.crops(0, seed)["flip"] for seed in range(200)]
+    flips = [dm.sampler(0, seed)["flip"] for seed in range(200)]
     assert 70 < sum(flips) < 130  # p = 0.5
 
 
 def test_whole_atlas_joins_every_third_step(dm):
-    steps = AtlasSteps(dm.crops, seed=0, start=0, stop=9)
+    steps = AtlasSteps(dm.sampler, seed=0, start=0, stop=9)
     with_atlas = [sample["step"] for sample in steps if "atlas" in sample["foreground"]]
     assert with_atlas == [2, 5, 8]  # (step + 1) % 3 == 0
     sample = steps.sample(5)
@@ -407,8 +435,8 @@ def test_whole_atlas_joins_every_third_step(dm):
 
 
 def test_no_whole_atlas_when_entire_atlas_every_is_0(dm, monkeypatch):
-    monkeypatch.setattr(dm.crops, "entire_atlas_every", 0)
-    assert not any("atlas" in dm.crops(step, step)["foreground"] for step in range(6))
+    monkeypatch.setattr(dm.sampler, "entire_atlas_every", 0)
+    assert not any("atlas" in dm.sampler(step, step)["foreground"] for step in range(6))
 
 
 def test_full_input_ablation_uses_whole_frames_and_alpha_boxes(synthetic_video, monkeypatch):
@@ -418,12 +446,12 @@ def test_full_input_ablation_uses_whole_frames_and_alpha_boxes(synthetic_video, 
     datamodule.setup()
     boundaries = datamodule.layers["foreground"].boundaries
     for seed in range(10):
-        sample, boxes = draw(datamodule.crops, monkeypatch, 0, seed)
+        sample, boxes = draw(datamodule.sampler, monkeypatch, 0, seed)
         assert not sample["flip"]
         assert [box[1:] for box in boxes["background"]] == [(0, 0, 36, 64)] * 3
         assert [box[1:] for box in boxes["foreground"]] == [tuple(boundaries[f].tolist()) for f in sample["frames"]]
         for name in LAYERS:
-            plain = [datamodule.crops.layer_crop(name, *box) for box in boxes[name]]
+            plain = [datamodule.sampler.layer_crop(name, *box) for box in boxes[name]]
             assert all(torch.equal(c, p) for c, p in zip(sample[name]["crops"], plain))
             v0, u0, h, w = sample[name]["atlas_box"]
             atlas = datamodule.layers[name].atlas[..., v0 : v0 + h, u0 : u0 + w]
@@ -457,23 +485,23 @@ def differs(a: dict, b: dict) -> bool:
 
 
 def test_samples_are_a_function_of_seed_and_step(dm, synthetic_video):
-    steps = AtlasSteps(dm.crops, seed=7, start=0, stop=20)
+    steps = AtlasSteps(dm.sampler, seed=7, start=0, stop=20)
     first = steps.sample(3)
     assert first["step"] == 3
     assert first["seed"] == step_seed(7, 3, LOSS_STREAM)
     assert first["seed"] != step_seed(7, 3, DATA_STREAM)
     assert_same(steps.sample(3), first)
     assert differs(steps.sample(4), first)
-    assert differs(AtlasSteps(dm.crops, seed=8, start=0, stop=20).sample(3), first)
+    assert differs(AtlasSteps(dm.sampler, seed=8, start=0, stop=20).sample(3), first)
 
     fresh = make_datamodule(synthetic_video, entire_atlas_every=3)
     fresh.setup()
-    assert_same(AtlasSteps(fresh.crops, seed=7, start=0, stop=20).sample(3), first)
+    assert_same(AtlasSteps(fresh.sampler, seed=7, start=0, stop=20).sample(3), first)
     # a resumed run (start=2) sees the same samples as the uninterrupted one
-    resumed = list(AtlasSteps(fresh.crops, seed=7, start=2, stop=4))
+    resumed = list(AtlasSteps(fresh.sampler, seed=7, start=2, stop=4))
     assert [s["step"] for s in resumed] == [2, 3]
     assert_same(resumed[1], first)
-    assert len(AtlasSteps(dm.crops, 7, 2, 4)) == 2
+    assert len(AtlasSteps(dm.sampler, 7, 2, 4)) == 2
 
 
 # bad inputs -------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", **setting
     for key, value in values.items():
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if not isinstance(node, DictConfig) or leaf not in node.keys():
+        if not isinstance(node, DictConfig) or leaf not in node.keys():  # noqa: SIM118 (`in node` misses ??? keys)
             raise ConfigError(f"unknown config key '{key}': `t2l-{config_name} --help` lists the keys")
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg

@@ -1,4 +1,4 @@
-"""Lightning callbacks: intermediate results on disk and in TensorBoard; a clean stop on SIGINT and SIGTERM."""
+"""Lightning callbacks: the edit on disk and in TensorBoard as it trains; a clean stop on SIGINT and SIGTERM."""
 
 from __future__ import annotations
 
@@ -25,18 +25,40 @@ def layer_grid(image: torch.Tensor, layers: dict[str, torch.Tensor]) -> torch.Te
     return make_grid(torch.cat([t.to(image.device) for t in tiles]).clamp(0, 1), nrow=5, padding=4, pad_value=1.0)
 
 
+def log_images(loggers: list, images: dict[str, torch.Tensor], step: int) -> None:
+    """Add ``images`` ([3, H, W] by tag) at ``step`` to every logger that takes images (TensorBoard's)."""
+    for logger in loggers:
+        writer = getattr(logger, "experiment", None)
+        if hasattr(writer, "add_image"):
+            for tag, image in images.items():
+                writer.add_image(tag, image, step)
+
+
 class EditSnapshots(pl.Callback):
-    """Every ``every`` steps, the system writes its intermediate result to ``folder/<step>/`` and TensorBoard."""
+    """The edit as it stands: every ``every`` steps written to ``folder/<step>/`` and logged as TensorBoard
+    images; at the end of training the final result is logged as images too (``every`` = 0: only then).
+
+    A step is the number of optimisation steps done (1 .. steps), as for the losses, checkpoints and metrics.
+    """
 
     def __init__(self, folder: str | Path, every: int) -> None:
         self.folder = Path(folder)
         self.every = every
+        self.logged_step: int | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every <= 0 or step % self.every != 0:
             return
-        pl_module.snapshot(trainer.datamodule, self.folder / str(step), step, trainer.loggers)
+        log_images(trainer.loggers, pl_module.snapshot(trainer.datamodule, self.folder / str(step)), step)
+        self.logged_step = step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if step < trainer.max_steps or step == self.logged_step or not trainer.loggers:
+            return  # stopped early (the run resumes later), already logged, or nowhere to log
+        log_images(trainer.loggers, pl_module.snapshot(trainer.datamodule), step)
+        self.logged_step = step
 
 
 class StopOnSignal(pl.Callback):

@@ -109,7 +109,7 @@ class ImageCrops:
         crop_min_cover: float = 0.85,
     ) -> None:
         if not 0 < crop_min_cover <= 1:
-            raise ConfigError(f"data.crop_min_cover must be in (0, 1], got {crop_min_cover}")
+            raise ConfigError(f"data.crops.crop_min_cover must be in (0, 1], got {crop_min_cover}")
         if not 0 < scale_min <= scale_max:
             raise ConfigError(f"data.scale_min ({scale_min}) must be positive and at most data.scale_max ({scale_max})")
         self.jitter_p = jitter_p

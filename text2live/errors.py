@@ -34,6 +34,7 @@ class NonFiniteLossError(Text2LiveError):
     exit_code = 3
 
     def __init__(self, step: int, terms: list[str], checkpoint: Path | None = None) -> None:
+        """``step``: the step that failed, counted from 1 (as in TensorBoard and ``steps/<n>/``)."""
         super().__init__(step, terms)
         self.step = step
         self.terms = terms

@@ -79,6 +79,7 @@ class LossStack(nn.Module):
             edit layer over a green screen.
         bootstrap_text: the prompt of the relevancy map (no templates); required while bootstrapping.
         lambda_*: weights of the terms (0 disables a term).
+        lambda_direction: weight of the direction term; ``None`` (the default) gives it ``lambda_composition``.
         lambda_alpha_l1, lambda_alpha_l0: mix of the two sparsity penalties inside the sparsity term.
         bootstrap_steps: the bootstrap term is active for steps < this (the reference's bootstrap_epoch).
         bootstrap_schedule: linear | exponential | none, floored at ``lambda_bootstrap_min``.
@@ -98,6 +99,7 @@ class LossStack(nn.Module):
         bootstrap_text: str | Sequence[str] | None = None,
         lambda_structure: float = 2.0,
         lambda_composition: float = 1.0,
+        lambda_direction: float | None = None,
         lambda_sparsity: float = 6.0,
         lambda_alpha_l1: float = 0.01,
         lambda_alpha_l0: float = 0.01,
@@ -114,9 +116,12 @@ class LossStack(nn.Module):
         super().__init__()
         if text_criterion not in TEXT_CRITERIA:
             raise ConfigError(f"loss.text_criterion={text_criterion!r} is not one of {', '.join(TEXT_CRITERIA)}")
+        if lambda_direction is None:
+            lambda_direction = lambda_composition
         weights = {
             "lambda_structure": lambda_structure,
             "lambda_composition": lambda_composition,
+            "lambda_direction": lambda_direction,
             "lambda_sparsity": lambda_sparsity,
             "lambda_alpha_l1": lambda_alpha_l1,
             "lambda_alpha_l0": lambda_alpha_l0,
@@ -134,6 +139,7 @@ class LossStack(nn.Module):
         self.guide = guide
         self.lambda_structure = lambda_structure
         self.lambda_composition = lambda_composition
+        self.lambda_direction = lambda_direction
         self.lambda_sparsity = lambda_sparsity
         self.lambda_alpha_l1 = lambda_alpha_l1
         self.lambda_alpha_l0 = lambda_alpha_l0
@@ -171,7 +177,7 @@ class LossStack(nn.Module):
             ),
             "structure": self.lambda_structure,
             "composition": self.lambda_composition,
-            "direction": self.lambda_composition,
+            "direction": self.lambda_direction,
             "sparsity": self.lambda_sparsity,
             "screen": self.lambda_screen,
         }
@@ -195,6 +201,7 @@ class LossStack(nn.Module):
             terms["structure"] = self.structure_loss(inputs, composites)
         if "composition" in weights:
             terms["composition"] = self.clip_loss(composites, self.comp_e, g)
+        if "direction" in weights:
             terms["direction"] = self.direction_loss(inputs, composites, g)
         if "sparsity" in weights:
             l1, l0 = sparsity_terms([o["alpha"] for o in outputs])

@@ -1,14 +1,15 @@
 """The LightningModules: they wire the generator(s) and the loss stack(s) together, nothing more.
 
-:class:`EditSystem` holds what image and video editing share (optimiser, learning-rate decay, logging, the
-non-finite check, generator-only checkpoints); :class:`ImageEditSystem` edits one image. The video system is
-in :mod:`text2live.video_system`.
+:class:`EditSystem` holds what image and video editing share (the training step's frame, optimiser,
+learning-rate decay, logging, the non-finite check, generator-only checkpoints); :class:`ImageEditSystem` edits
+one image. The video system is in :mod:`text2live.video_system`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -25,8 +26,21 @@ from text2live.losses import LossStack
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], Optimizer]
 
 
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode for the block (BatchNorm keeps batch statistics: see SkipGenerator), then back
+    in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 class EditSystem(pl.LightningModule):
-    """Shared training machinery; subclasses define the generators (under ``SAVED_PREFIX``) and the step.
+    """Shared training machinery; subclasses define the generators (under ``SAVED_PREFIX``), the loss terms of
+    a step (:meth:`step_terms`) and the results (:meth:`snapshot`, :meth:`save_results`).
 
     Args:
         optimizer: a factory ``params -> Optimizer`` (the ``optim.optimizer`` config, partially instantiated).
@@ -50,6 +64,19 @@ class EditSystem(pl.LightningModule):
         for guide in self.guides():
             guide.place(self.device)
 
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        step = self.step_of(batch)
+        g = torch.Generator().manual_seed(int(batch["seed"]))  # the step's CLIP views and text-row picks
+        terms, extra = self.step_terms(batch, step, g)
+        self.report_step(step, terms, extra)
+        return terms["total"]
+
+    def step_terms(
+        self, batch: dict, step: int, g: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The loss terms of a step (``total`` among them) and other scalars to log with them."""
+        raise NotImplementedError
+
     def step_of(self, batch: dict) -> int:
         """The step a sample was drawn for, which must be the step the trainer is at (or resuming went wrong)."""
         step = int(batch["step"])
@@ -62,18 +89,20 @@ class EditSystem(pl.LightningModule):
 
         The values go straight to the loggers as ``train/loss/<name>`` plus ``extra``: ``self.log`` would repeat
         the last value of a term on the steps that do not compute it (the bootstrap term after bootstrapping
-        ends) until the epoch ends, and a run is a single epoch.
+        ends) until the epoch ends, and a run is a single epoch. They are logged at ``step + 1``, the number of
+        optimisation steps done once this one is, which is the step of the snapshots (``steps/<n>/``), of the
+        checkpoints and of the metrics.
         """
         values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))  # one sync
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
-            raise NonFiniteLossError(step, [b for b in bad if not b.endswith("total")] or bad)
+            raise NonFiniteLossError(step + 1, [b for b in bad if not b.endswith("total")] or bad)  # 1-based
         self.log("loss", values["total"], prog_bar=True, logger=False, on_step=True)
         metrics = {f"train/loss/{name}": value for name, value in values.items()}
         metrics.update(extra)
         metrics["train/lr"] = self.optimizers().param_groups[0]["lr"]
         for logger in self.loggers:
-            logger.log_metrics(metrics, step=step)
+            logger.log_metrics(metrics, step=step + 1)
 
     def configure_optimizers(self) -> dict:
         params = [p for name, p in self.named_parameters() if f"{name}.".startswith(self.SAVED_PREFIX)]
@@ -83,6 +112,16 @@ class EditSystem(pl.LightningModule):
         decay = self.lr_decay
         scheduler = LambdaLR(optimizer, lambda step: max(floor, decay**step))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # results ----------------------------------------------------------------------------------------------
+
+    def snapshot(self, datamodule: pl.LightningDataModule, folder: Path | None = None) -> dict[str, torch.Tensor]:
+        """Render the edit as it stands, write it to ``folder`` (if given); returns its images by TensorBoard tag."""
+        raise NotImplementedError
+
+    def save_results(self, datamodule: pl.LightningDataModule, folder: Path) -> None:
+        """Write the final outputs of the run into ``folder``."""
+        raise NotImplementedError
 
     # checkpoints hold the generators only: CLIP and the text embeddings are rebuilt from the config --------
 
@@ -128,38 +167,31 @@ class ImageEditSystem(EditSystem):
     @torch.no_grad()
     def render(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """The layers of a whole image, without touching training state."""
-        was_training = self.generator.training
-        self.generator.eval()
-        try:
+        with eval_mode(self.generator):
             return self(image.to(self.device))
-        finally:
-            self.generator.train(was_training)
 
     # training -------------------------------------------------------------------------------------------
 
     def guides(self) -> list:
         return [self.losses.guide]
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        step = self.step_of(batch)
-        g = torch.Generator().manual_seed(int(batch["seed"]))
+    def step_terms(
+        self, batch: dict, step: int, g: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         inputs = [batch["crop"]] + ([batch["image"]] if "image" in batch else [])
         outputs = [self(x) for x in inputs]
         terms = self.losses(inputs, outputs, step, g)
-        self.report_step(step, terms, {"train/bootstrap_weight": self.losses.weights(step).get("bootstrap", 0.0)})
-        return terms["total"]
+        return terms, {"train/bootstrap_weight": self.losses.weights(step).get("bootstrap", 0.0)}
 
     # results ----------------------------------------------------------------------------------------------
 
-    def snapshot(self, datamodule, folder: Path, step: int, loggers: list) -> None:
-        """Intermediate result: the layers of the full image in ``folder`` and an image row in TensorBoard."""
+    def snapshot(self, datamodule, folder: Path | None = None) -> dict[str, torch.Tensor]:
+        """The layers of the full image (written to ``folder``) and their row of tiles."""
         image = datamodule.image.to(self.device)
         layers = self.render(image)
-        save_layers(layers, folder)
-        for logger in loggers:
-            writer = getattr(logger, "experiment", None)
-            if hasattr(writer, "add_image"):
-                writer.add_image("edit/input|edit|alpha|greenscreen|composite", layer_grid(image, layers), step)
+        if folder is not None:
+            save_layers(layers, folder)
+        return {"edit/input|edit|alpha|greenscreen|composite": layer_grid(image, layers)}
 
     def save_results(self, datamodule, folder: Path) -> None:
         save_layers(self.render(datamodule.image), folder)

@@ -3,7 +3,7 @@
 Setup loads the frames, evaluates the NLA mappings and alpha at every pixel once, and rasterises the atlas of
 each edited layer over the window the video uses. Every step then samples three frames (t - d, t, t + d),
 a crop of each, the atlas crop that covers their UVs, a shared horizontal flip and colour jitter, all drawn
-from the step's seeded generator.
+from the step's seeded generator, as the Hydra-built :class:`AtlasCrops` (``data.crops``) says.
 """
 
 from __future__ import annotations
@@ -164,7 +164,41 @@ def check_edit_layers(edit_layers) -> list[str]:
 
 
 class AtlasCrops:
-    """Draws one step's training sample of every edited layer (SPEC section 5)."""
+    """How each step's crops are drawn (SPEC section 5): the settings of the atlas DataModule's ``crops``.
+
+    The step's frames are ``t - frame_distance``, ``t`` and ``t + frame_distance``. Crop sides are
+    ``U(crop_min_cover, 1)`` times the frame (background: one window for the three frames) or the frame's alpha
+    box (foreground). One horizontal flip (p = ``flip_p``) is shared by every crop of the step; colour jitter
+    (p = ``jitter_p``) is drawn for the three background crops together, each foreground crop and each atlas crop.
+    """
+
+    def __init__(
+        self, frame_distance: int = 2, flip_p: float = 0.5, jitter_p: float = 0.1, crop_min_cover: float = 0.95
+    ) -> None:
+        if not 0 < crop_min_cover <= 1:
+            raise ConfigError(f"data.crops.crop_min_cover must be in (0, 1], got {crop_min_cover}")
+        self.frame_distance = frame_distance
+        self.flip_p = flip_p
+        self.jitter_p = jitter_p
+        self.crop_min_cover = crop_min_cover
+
+    def without_augmentation(self) -> AtlasCrops:
+        """The "no internal crops" ablation: whole frames or whole alpha boxes, never flipped nor jittered."""
+        return AtlasCrops(self.frame_distance, flip_p=0.0, jitter_p=0.0, crop_min_cover=1.0)
+
+
+class AtlasSampler:
+    """Draws one step's training sample of every edited layer, with the crops that ``crops`` describes.
+
+    Args:
+        video, alpha: the frames [T, 3, H, W] and the NLA alpha [T, 1, H, W].
+        layers: the edited layers, rasterised.
+        reference: the NLA reconstruction of the background, which its frame crops are cut from.
+        crops: how the crops are drawn.
+        min_side: the smallest side of a foreground crop (the generator's smallest input).
+        entire_atlas_every: the whole atlas joins the steps ``k * N - 1`` (0: never).
+        background_atlas_downscale: the whole background atlas is downscaled by this factor.
+    """
 
     def __init__(
         self,
@@ -172,18 +206,14 @@ class AtlasCrops:
         alpha: torch.Tensor,
         layers: dict[str, AtlasLayer],
         reference: dict[str, torch.Tensor],
-        frame_distance: int = 2,
-        flip_p: float = 0.5,
-        jitter_p: float = 0.1,
-        crop_min_cover: float = 0.95,
+        crops: AtlasCrops,
         min_side: int = 129,
         entire_atlas_every: int = 75,
         background_atlas_downscale: int = 3,
     ) -> None:
         self.video, self.alpha, self.layers, self.reference = video, alpha, layers, reference
-        self.frame_distance = frame_distance
-        self.flip_p, self.jitter_p = flip_p, jitter_p
-        self.crop_min_cover, self.min_side = crop_min_cover, min_side
+        self.crops = crops
+        self.min_side = min_side
         self.entire_atlas_every = entire_atlas_every
         self.background_atlas_downscale = background_atlas_downscale
         self._whole: dict[str, torch.Tensor] = {}
@@ -207,16 +237,16 @@ class AtlasCrops:
         return self.reference[name][frame : frame + 1, :, top : top + h, left : left + w]
 
     def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return color_jitter(x, g) if rand_chance(g, self.jitter_p) else x
+        return color_jitter(x, g) if rand_chance(g, self.crops.jitter_p) else x
 
     def _window_size(self, g: torch.Generator, side: int) -> int:
-        return rand_int(g, round(self.crop_min_cover * side), side + 1)
+        return rand_int(g, round(self.crops.crop_min_cover * side), side + 1)
 
     def __call__(self, step: int, seed: int) -> dict:
         g = torch.Generator().manual_seed(seed)
-        d = self.frame_distance
+        d = self.crops.frame_distance
         t = rand_int(g, d, len(self.video) - d)
-        flip = rand_chance(g, self.flip_p)
+        flip = rand_chance(g, self.crops.flip_p)
         frames = [t - d, t, t + d]
         sample: dict = {"step": step, "frames": frames, "flip": flip}
         for name, layer in self.layers.items():
@@ -265,16 +295,16 @@ class AtlasCrops:
 
 
 class AtlasSteps(IterableDataset):
-    """Yields the sample of every step from ``start`` to ``stop`` (exclusive); see :class:`AtlasCrops`."""
+    """Yields the sample of every step from ``start`` to ``stop`` (exclusive); see :class:`AtlasSampler`."""
 
-    def __init__(self, crops: AtlasCrops, seed: int, start: int, stop: int) -> None:
-        self.crops, self.seed, self.start, self.stop = crops, seed, start, stop
+    def __init__(self, sampler: AtlasSampler, seed: int, start: int, stop: int) -> None:
+        self.sampler, self.seed, self.start, self.stop = sampler, seed, start, stop
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def sample(self, step: int) -> dict:
-        sample = self.crops(step, step_seed(self.seed, step, DATA_STREAM))
+        sample = self.sampler(step, step_seed(self.seed, step, DATA_STREAM))
         sample["seed"] = step_seed(self.seed, step, LOSS_STREAM)
         return sample
 
@@ -290,14 +320,12 @@ class AtlasDataModule(pl.LightningDataModule):
         nla_checkpoint: the NLA checkpoint of the video.
         frames_dir: the folder of its frames (sorted jpg/png; the first ``num_frames`` are used).
         num_frames: the frame count NLA was trained on.
+        crops: how each step's frame and atlas crops are drawn.
         edit_layers: the layers to edit: ``foreground``, ``background`` or both.
         height, width: frame size (NLA's training size; 432 x 768 for the reference's videos).
         grid_resolution: atlas pixels per atlas unit.
         chunk_size: points evaluated at once when running the NLA networks.
         steps, seed: the run's length and seed.
-        frame_distance: the step's frames are t - d, t, t + d.
-        flip_p, jitter_p: shared horizontal flip and colour-jitter probabilities.
-        crop_min_cover: crop sides are at least this fraction of the frame (background) or of the alpha box.
         mask_threshold, mask_border: the foreground box is alpha >= threshold, grown by ``mask_border`` px.
         entire_atlas_every: the whole atlas is an extra output on steps ``k * N - 1`` (0: never).
         background_atlas_downscale: the whole background atlas is downscaled by this factor for that output.
@@ -311,6 +339,7 @@ class AtlasDataModule(pl.LightningDataModule):
         nla_checkpoint: str,
         frames_dir: str,
         num_frames: int,
+        crops: AtlasCrops,
         edit_layers: Sequence[str] = ("foreground",),
         height: int = 432,
         width: int = 768,
@@ -318,10 +347,6 @@ class AtlasDataModule(pl.LightningDataModule):
         chunk_size: int = 65536,
         steps: int = 3000,
         seed: int = 0,
-        frame_distance: int = 2,
-        flip_p: float = 0.5,
-        jitter_p: float = 0.1,
-        crop_min_cover: float = 0.95,
         mask_threshold: float = 0.95,
         mask_border: int = 30,
         entire_atlas_every: int = 75,
@@ -330,32 +355,29 @@ class AtlasDataModule(pl.LightningDataModule):
         full_input: bool = False,
     ) -> None:
         super().__init__()
-        if full_input:
-            crop_min_cover, flip_p, jitter_p = 1.0, 0.0, 0.0
         edit_layers = check_edit_layers(edit_layers)
-        if not isinstance(num_frames, int) or num_frames < 2 * frame_distance + 1:
+        distance = crops.frame_distance
+        if not isinstance(num_frames, int) or num_frames < 2 * distance + 1:
             raise ConfigError(
-                f"num_frames={num_frames} is not valid: a video needs at least 2 * data.frame_distance + 1 = "
-                f"{2 * frame_distance + 1} frames"
+                f"num_frames={num_frames} is not valid: a video needs at least 2 * data.crops.frame_distance + 1 = "
+                f"{2 * distance + 1} frames"
             )
         if steps < 1:
             raise ConfigError(f"steps must be at least 1, got {steps}")
         if grid_resolution < 2 or chunk_size < 1:
             raise ConfigError("data.grid_resolution must be >= 2 and data.chunk_size >= 1")
-        if not 0 < crop_min_cover <= 1:
-            raise ConfigError(f"data.crop_min_cover must be in (0, 1], got {crop_min_cover}")
         if min(height, width) < min_side:
             raise ConfigError(
                 f"frames of {width}x{height} px are smaller than the generator's smallest input ({min_side} px): "
                 "set data.width/data.height or use fewer generator scales"
             )
         self.nla_checkpoint, self.frames_dir, self.num_frames = nla_checkpoint, frames_dir, num_frames
+        self.crops = crops.without_augmentation() if full_input else crops
         self.edit_layers = edit_layers
         self.height, self.width = height, width
         self.grid_resolution, self.chunk_size = grid_resolution, chunk_size
         self.steps, self.seed = steps, seed
-        self.frame_distance, self.flip_p, self.jitter_p = frame_distance, flip_p, jitter_p
-        self.crop_min_cover, self.mask_threshold, self.mask_border = crop_min_cover, mask_threshold, mask_border
+        self.mask_threshold, self.mask_border = mask_threshold, mask_border
         self.entire_atlas_every, self.background_atlas_downscale = entire_atlas_every, background_atlas_downscale
         self.min_side, self.full_input = min_side, full_input
         self.video: torch.Tensor | None = None
@@ -388,22 +410,19 @@ class AtlasDataModule(pl.LightningDataModule):
             self.layers[name] = layer
         del maps
         self.video = video
-        self.crops = AtlasCrops(
+        self.sampler = AtlasSampler(
             video,
             self.alpha,
             self.layers,
             reference,
-            frame_distance=self.frame_distance,
-            flip_p=self.flip_p,
-            jitter_p=self.jitter_p,
-            crop_min_cover=self.crop_min_cover,
+            self.crops,
             min_side=self.min_side,
             entire_atlas_every=self.entire_atlas_every,
             background_atlas_downscale=self.background_atlas_downscale,
         )
 
     def train_dataloader(self) -> DataLoader:
-        steps = AtlasSteps(self.crops, self.seed, 0, self.steps)
+        steps = AtlasSteps(self.sampler, self.seed, 0, self.steps)
         return StepLoader(steps, lambda: self.trainer.global_step if self.trainer is not None else 0)
 
 

@@ -18,7 +18,7 @@ from text2live.callbacks import layer_grid
 from text2live.generator import GREENSCREEN_RGB, SkipGenerator, render_layers
 from text2live.io import save_png, save_png_sequence, save_video
 from text2live.losses import LossStack
-from text2live.system import EditSystem, OptimizerFactory
+from text2live.system import EditSystem, OptimizerFactory, eval_mode
 from text2live.video_data import AtlasDataModule, AtlasLayer
 
 SNAPSHOT_FRAMES = 4
@@ -49,13 +49,9 @@ def render_layer(
     Returns ``atlas`` (the renderings of the atlas the generator saw, and ``input``) and ``rgba``
     ([T, 4, H, W]: the edit layer at every frame pixel, before any NLA alpha).
     """
-    was_training = generator.training
-    generator.eval()  # BatchNorm keeps batch statistics (see SkipGenerator)
-    try:
-        whole = layer.whole().to(device)
+    whole = layer.whole().to(device)
+    with eval_mode(generator):
         rgba = generator(whole)
-    finally:
-        generator.train(was_training)
     atlas = {key: value.cpu() for key, value in render_layers(rgba, whole).items()}
     atlas["input"] = whole.cpu()
     if layer.window is not None:
@@ -217,9 +213,10 @@ class VideoEditSystem(EditSystem):
             outputs.append(render_layers(self(layer, sample["atlas"]), sample["atlas"]))
         return inputs, outputs
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        step = self.step_of(batch)
-        g = torch.Generator().manual_seed(int(batch["seed"]))
+    def step_terms(
+        self, batch: dict, step: int, g: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Every layer's terms as ``<layer>/<term>``; ``total`` sums the layers' totals."""
         terms: dict[str, torch.Tensor] = {}
         extra: dict[str, float] = {}
         total = 0.0
@@ -230,33 +227,32 @@ class VideoEditSystem(EditSystem):
             extra[f"train/bootstrap_weight/{layer}"] = losses.weights(step).get("bootstrap", 0.0)
             total = total + layer_terms["total"]
         terms["total"] = total
-        self.report_step(step, terms, extra)
-        return total
+        return terms, extra
 
     # results ----------------------------------------------------------------------------------------------
 
     def render(self, datamodule: AtlasDataModule) -> tuple[dict[str, dict], dict]:
         return render_video(dict(self.generators), datamodule, self.align_corners, self.device)
 
-    def snapshot(self, datamodule: AtlasDataModule, folder: Path, step: int, loggers: list) -> None:
-        """Intermediate result: each layer's atlas and a few edited frames, on disk and in TensorBoard."""
+    def snapshot(self, datamodule: AtlasDataModule, folder: Path | None = None) -> dict[str, torch.Tensor]:
+        """A few edited frames and each layer's RGBA atlas (written to ``folder``); the frames in a row and each
+        layer's row of atlas tiles."""
         rendered, composed = self.render(datamodule)
         count = len(datamodule.video)
         picks = sorted({round(i * (count - 1) / max(1, SNAPSHOT_FRAMES - 1)) for i in range(SNAPSHOT_FRAMES)})
         frames = composed["full"][picks]
-        for t, frame in zip(picks, frames):
-            save_png(frame, Path(folder) / f"frame_{t:05d}.png")
-        rows = {}
+        images = {"video/frames": make_grid(frames.clamp(0, 1), nrow=len(picks), padding=4)}
         for name, result in rendered.items():
-            atlas = result["atlas"]
-            save_png(torch.cat([atlas["edit"][0], atlas["alpha"][0]]), Path(folder) / f"{name}_atlas_rgba.png")
-            rows[name] = layer_grid(atlas["input"], atlas)
-        for logger in loggers:
-            writer = getattr(logger, "experiment", None)
-            if hasattr(writer, "add_image"):
-                writer.add_image("video/frames", make_grid(frames.clamp(0, 1), nrow=len(picks), padding=4), step)
-                for name, row in rows.items():
-                    writer.add_image(f"video/{name}_atlas/input|edit|alpha|greenscreen|composite", row, step)
+            images[f"video/{name}_atlas/input|edit|alpha|greenscreen|composite"] = layer_grid(
+                result["atlas"]["input"], result["atlas"]
+            )
+        if folder is not None:
+            for t, frame in zip(picks, frames):
+                save_png(frame, Path(folder) / f"frame_{t:05d}.png")
+            for name, result in rendered.items():
+                atlas = result["atlas"]
+                save_png(torch.cat([atlas["edit"][0], atlas["alpha"][0]]), Path(folder) / f"{name}_atlas_rgba.png")
+        return images
 
     def save_results(self, datamodule: AtlasDataModule, folder: Path) -> None:
         rendered, composed = self.render(datamodule)
