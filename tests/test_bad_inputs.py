@@ -683,3 +683,33 @@ def test_a_bad_sweep_ends_in_one_line_before_any_job(cli, cat, tmp_path):
     assert "Could not find 'clip/nope'" in line
     assert not sweep.exists()
     assert not (tmp_path / "unused").exists()
+
+
+# running out of memory --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "GPU memory"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "memory"),
+    ],
+)
+def test_running_out_of_memory_names_the_overrides_that_lower_it(cli, cat, tmp_path, monkeypatch, error, where):
+    from text2live.losses import LossStack
+
+    original, calls = LossStack.structure_loss, []
+
+    def structure_loss(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # in step 3, after the step-2 checkpoint
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LossStack, "structure_loss", structure_loss)
+    run_dir = tmp_path / "run"
+    line = refused(cli(train_cli.main, image_args(cat, run_dir)))
+    assert line.startswith(f"error: the run ran out of {where}: lower it with clip.checkpoint_views=true")
+    assert "data.resize_input" in line and line.endswith("then run the same command again")
+    assert_nothing_finished(run_dir)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2

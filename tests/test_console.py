@@ -70,3 +70,12 @@ def test_a_resumed_run_counts_from_the_step_it_resumes_at(small_cat, tmp_path):
     assert result.returncode == 0, result.stderr
     states = bar_states(result.stdout + result.stderr)
     assert step_of(states[0]) == "2/4" and step_of(states[-1]) == "4/4"
+
+
+def test_a_failed_run_leaves_its_error_line_in_train_log(tmp_path):
+    run_dir = tmp_path / "run"
+    result = t2l_train(f"image_path={tmp_path / 'missing.png'}", f"run_dir={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: ") and "missing.png" in line
+    assert (run_dir / "train.log").read_text().strip().splitlines()[-1].endswith(line)

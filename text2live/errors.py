@@ -60,3 +60,28 @@ class RunInterrupted(Text2LiveError):
             f"stopped by {name} after step {step} of {steps} ({checkpoint} holds it): run the same command again "
             "to resume"
         )
+
+
+# The overrides that lower the memory of a run, named wherever a run ran out of memory.
+LOWER_MEMORY = (
+    "clip.checkpoint_views=true (same results, less memory), a smaller data.resize_input (e.g. 384), "
+    "or clip.precision=fp16 on a GPU"
+)
+
+
+def out_of_memory_message(where: str) -> str:
+    """One sentence for a run that ran out of ``where`` (``"GPU memory"``, ``"memory"``)."""
+    return f"the run ran out of {where}: lower it with {LOWER_MEMORY}, then run the same command again"
+
+
+def is_out_of_memory(exc: BaseException) -> str | None:
+    """``"GPU memory"`` or ``"memory"`` when ``exc`` is an allocation failure of torch (or Python), else None."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    name = type(exc).__name__
+    text = str(exc)
+    if name == "OutOfMemoryError" or "CUDA out of memory" in text:
+        return "GPU memory"
+    if isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text):
+        return "memory"
+    return None

@@ -72,6 +72,10 @@ def quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*is deprecated", module=r"(pytorch_)?lightning")
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        # intended here: CLIP is frozen in eval mode, and the step-indexed IterableDataset has a length only to give
+        # the progress bar its total
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
         try:
             yield
         finally:

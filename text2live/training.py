@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,11 +21,6 @@ from text2live.progress import StepProgressBar, quiet_lightning
 from text2live.video_data import AtlasDataModule
 
 log = logging.getLogger("text2live")
-
-# Lightning warnings that describe intended behaviour here: CLIP is frozen in eval mode on purpose, and the
-# step-indexed IterableDataset defines __len__ only to give the progress bar its total.
-for _message in (r"Found \d+ module\(s\) in eval mode", r"Your `IterableDataset` has `__len__` defined"):
-    warnings.filterwarnings("ignore", message=_message)
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -35,6 +35,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from text2live.errors import LOWER_MEMORY
 from text2live.runs import run_names
 
 log = logging.getLogger("text2live")
@@ -206,7 +207,10 @@ def killed_by(code: int) -> str:
     signum = -code
     words = f"killed by signal {signum}"
     words += f" ({signal_name(signum)})" if signal_name(signum).startswith("SIG") else ""
-    return words + (", often the out-of-memory killer" if signum == signal.SIGKILL else "")
+    if signum != signal.SIGKILL:
+        return words
+    fewer = "or run fewer jobs at once (hydra.launcher.n_jobs, hydra.launcher.gpus)"
+    return f"{words}, often the out-of-memory killer: lower the memory per job with {LOWER_MEMORY}, {fewer}"
 
 
 class JobFailed(Exception):

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf import DictConfig, OmegaConf
 
 from text2live.config import CONF_DIR
-from text2live.errors import Text2LiveError
+from text2live.errors import Text2LiveError, is_out_of_memory, out_of_memory_message
 from text2live.files import NO_SPACE, no_space_message
 
 
@@ -152,7 +152,8 @@ def os_error_message(exc: OSError) -> str | None:
 
 @contextmanager
 def one_line_errors(what: str) -> Iterator[None]:
-    """Turn the project's errors, a full or read-only disk and Ctrl-C into one ``error:`` line and an exit code.
+    """Turn the project's errors, a full or read-only disk, running out of memory and Ctrl-C into one ``error:``
+    line and an exit code.
 
     ``what`` names the command's work in the Ctrl-C message (``"training"``).
     """
@@ -168,3 +169,8 @@ def one_line_errors(what: str) -> Iterator[None]:
         if message is None:
             raise
         fail(message)
+    except (RuntimeError, MemoryError) as exc:
+        where = is_out_of_memory(exc)
+        if where is None:
+            raise
+        fail(out_of_memory_message(where))
