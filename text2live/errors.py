@@ -20,6 +20,18 @@ class InputError(Text2LiveError):
     """A missing, unreadable or unusable input file."""
 
 
+class JobError(Exception):
+    """A sweep job that ended with an ``error:`` line, raised to the launcher that ran it in its process.
+
+    Launchers that run jobs in their own process (Hydra's basic, submitit, Ray) get this instead of an exit of
+    the process, so that the sweep can name the failed jobs in one line and Ray does not retry an input error.
+    """
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 class CheckpointError(Text2LiveError):
     """A checkpoint that cannot be read or does not belong to the run."""
 

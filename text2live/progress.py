@@ -76,6 +76,8 @@ def quiet_lightning() -> Iterator[None]:
         # the progress bar its total
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+        # a sweep job on a SLURM node is one task on one device: Lightning's multi-node hint does not apply
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
         try:
             yield
         finally:

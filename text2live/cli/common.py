@@ -133,11 +133,19 @@ def _to_log_files(message: str) -> None:
             handler.handle(record)
 
 
+class CommandFailed(SystemExit):
+    """The exit of a command that printed its ``error:`` line (``message``)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(code)
+        self.message = message
+
+
 def fail(message: str, code: int = 2) -> None:
     """End the command with one ``error:`` line on stderr (and in the run's log file) and exit ``code``."""
     _to_log_files(f"error: {message}")
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+    raise CommandFailed(message, code)
 
 
 def os_error_message(exc: OSError) -> str | None:

@@ -9,8 +9,9 @@ import hydra
 from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from text2live.cli.common import check_overrides, one_line_errors
+from text2live.cli.common import CommandFailed, check_overrides, one_line_errors
 from text2live.config import CONF_DIR
+from text2live.errors import JobError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -19,14 +20,23 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        # a job run in-process by a launcher (basic, submitit, ray): its run folder is its sweep folder
-        with open_dict(cfg):
-            cfg.run_dir = hydra_cfg.runtime.output_dir
-    with one_line_errors("training"):
-        from text2live.training import train
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        with one_line_errors("training"):
+            from text2live.training import train
 
-        train(cfg, overrides=list(hydra_cfg.overrides.task))
+            train(cfg, overrides=list(hydra_cfg.overrides.task))
+        return
+    # a job run in the launcher's own process (Hydra's basic launcher, submitit, Ray): its run folder is its sweep
+    # folder, and an error reaches the launcher as an exception, not as the end of the process
+    with open_dict(cfg):
+        cfg.run_dir = hydra_cfg.runtime.output_dir
+    try:
+        with one_line_errors("training"):
+            from text2live.training import train
+
+            train(cfg, overrides=list(hydra_cfg.overrides.task))
+    except CommandFailed as exc:
+        raise JobError(exc.message, exc.code) from None
 
 
 def main() -> None:
