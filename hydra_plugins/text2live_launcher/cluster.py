@@ -14,6 +14,7 @@ last checkpoint. Ray goes through the cluster at ``ray.init.address`` (``auto``:
 """
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -30,7 +31,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from text2live.errors import JobError
 from text2live.runs import DONE_FILE, run_names
@@ -210,7 +211,8 @@ class SlurmLauncher(_ClusterLauncher):
         """The job, in its SLURM task (submitit pickles the launcher and calls it there)."""
         import submitit
 
-        with open_dict(config):
+        config = copy.deepcopy(config)  # a requeued job gets the config the first attempt ran with (read-only)
+        with read_write(config), open_dict(config):
             config.hydra.job.id = submitit.JobEnvironment().job_id
         return run_in_worker(self.hydra_context, config, self.task_function, singleton_state)
 
@@ -264,7 +266,7 @@ class SlurmLauncher(_ClusterLauncher):
         said = None
         arrays = sorted({handle.job_id.split("_")[0] for handle in handles})
         asked = ", ".join(f"{key}={self.params[key]}" for key in RESOURCE_KEYS if self.params.get(key) is not None)
-        while not all(handle.done() for handle in handles):
+        while not all(slurm_finished(handle) for handle in handles):
             reasons = pending_reasons(arrays)
             if reasons and reasons != said:
                 words = ", ".join(f"{n} {RESOURCE_REASONS.get(r, r)} ({r})" for r, n in sorted(reasons.items()))
@@ -298,6 +300,19 @@ class SlurmLauncher(_ClusterLauncher):
                 return failed_return(job, line)
             text = str(exc).strip().splitlines()
             return failed_return(job, f"failed ({text[-1] if text else type(exc).__name__}; SLURM state {state})")
+
+
+# SLURM job states after which a job may still run (a requeued job goes back to PENDING).
+ACTIVE_STATES = {
+    *("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "RESIZING"),
+    *("SUSPENDED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"),
+}
+
+
+def slurm_finished(handle) -> bool:
+    """Whether a submitit job has ended for good (``handle.done()`` also says so while a job is requeued)."""
+    state = handle.state.split()[0] if handle.state else "UNKNOWN"
+    return state not in ACTIVE_STATES
 
 
 def pending_reasons(array_ids: list[str]) -> dict[str, int]:

@@ -153,7 +153,7 @@ class GpuLauncher(Launcher):
         for offset, (overrides, name) in enumerate(zip(job_overrides, names)):
             config = self.job_config(overrides, initial_job_idx + offset)
             HydraConfig.instance().set_config(config)
-            run_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")) / name
+            run_dir = Path(OmegaConf.select(config, "hydra.sweep.dir")).expanduser().absolute() / name
             jobs.append(Job(initial_job_idx + offset, list(overrides), run_dir, config))
         gpus = self.gpus if self.gpus is not None else visible_gpus()
         where = f"{len(gpus)} GPU(s) ({', '.join(gpus)})" if gpus else f"{max(1, self.n_jobs)} CPU process(es)"
