@@ -31,12 +31,15 @@ from text2live.video_system import VideoEditSystem
 
 
 def config_options(conf_dir: Path) -> list[tuple[str, str]]:
-    """(group, option) for every YAML file of every group folder of ``conf_dir``."""
-    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir())
+    """(group, option) for every YAML file of every group folder of ``conf_dir`` that t2l-train uses.
+
+    ``atlas_*`` groups belong to t2l-atlas's config (``atlas.yaml``; tests/test_atlas_training.py composes them).
+    """
+    groups = sorted(p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith("atlas_"))
     return [(group, p.stem) for group in groups for p in sorted((conf_dir / group).glob("*.yaml"))]
 
 
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and not p.name.startswith("atlas_"))
 OPTIONS = config_options(CONF_DIR)
 # the reference's examples whose photos are not shipped (they live under data_dir)
 NOT_SHIPPED = {"golden_horse": "images/horse.jpg", "ice_cake": "images/cake.jpeg"}

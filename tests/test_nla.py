@@ -230,24 +230,29 @@ def test_missing_key_names_the_key_and_the_network(noisy, tmp_path, key, network
     assert "\n" not in message
 
 
-def test_wrong_shape_is_an_input_error(noisy, tmp_path):
+def test_networks_of_other_sizes_load_with_their_sizes(noisy, tmp_path):
+    """NLA's config.json can set other sizes (t2l-atlas's nla.* too): they are read from the state dicts."""
     checkpoint = noisy.checkpoint()
-    checkpoint["F_atlas_state_dict"] = IMLP(2, 3, num_layers=8, positional_dim=5, skip_layers=(4, 7)).state_dict()
-    path = save(checkpoint, tmp_path)
-    with pytest.raises(InputError) as exc:
-        load_nla(path, T, H, W)
-    message = str(exc.value)
-    assert f"{path}: F_atlas_state_dict does not fit NLA's atlas network" in message
-    assert "hidden.0.weight" in message  # the first tensor that differs
-    assert "\n" not in message
+    atlas = IMLP(2, 3, hidden_dim=32, num_layers=5, positional_dim=4, skip_layers=(3,))
+    alpha = IMLP(3, 1, hidden_dim=16, num_layers=3)
+    checkpoint["F_atlas_state_dict"], checkpoint["model_F_alpha_state_dict"] = atlas.state_dict(), alpha.state_dict()
+    nla = load_nla(save(checkpoint, tmp_path), T, H, W)
+    assert nla.atlas.skip_layers == (3,) and len(nla.atlas.frequencies) == 4 and len(nla.alpha.hidden) == 3
+    uv, xyt = torch.rand(5, 2) * 2 - 1, torch.rand(5, 3)
+    torch.testing.assert_close(nla.atlas(uv), atlas(uv), rtol=0, atol=0)
+    torch.testing.assert_close(nla.alpha(xyt), alpha(xyt), rtol=0, atol=0)
+    torch.testing.assert_close(nla.foreground_mapping(xyt), noisy.foreground_mapping(xyt), rtol=0, atol=0)
 
 
 def test_missing_tensor_is_an_input_error(noisy, tmp_path):
     checkpoint = noisy.checkpoint()
     del checkpoint["model_F_alpha_state_dict"]["hidden.7.bias"]
     path = save(checkpoint, tmp_path)
-    with pytest.raises(InputError, match="model_F_alpha_state_dict does not fit NLA's alpha network"):
+    with pytest.raises(InputError) as exc:
         load_nla(path, T, H, W)
+    message = str(exc.value)
+    assert message.startswith(f"{path}: model_F_alpha_state_dict is not the state dict of an NLA alpha network")
+    assert "hidden.7.bias" in message and "\n" not in message
 
 
 def test_network_entry_that_is_not_a_state_dict_is_an_input_error(noisy, tmp_path):

@@ -61,6 +61,19 @@ class IMLP(nn.Module):
         frequencies = torch.tensor([2.0**j * math.pi for j in range(positional_dim)])
         self.register_buffer("frequencies", frequencies, persistent=False)
 
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], input_dim: int) -> IMLP:
+        """The IMLP whose sizes a state dict holds (NLA's ``config.json`` may set other sizes than its defaults)."""
+        count = sum(1 for key in state if key.startswith("hidden.") and key.endswith(".weight"))
+        weights = [state.get(f"hidden.{i}.weight") for i in range(count)]
+        if not count or any(not isinstance(w, torch.Tensor) or w.dim() != 2 for w in weights):
+            raise ValueError("it holds no hidden.<i>.weight matrices")
+        encoding_dim = weights[0].shape[1]
+        hidden_dim = weights[0].shape[0] if count > 1 else 256
+        positional_dim = 0 if encoding_dim == input_dim else encoding_dim // (2 * input_dim)
+        skips = tuple(i for i in range(1, count) if weights[i].shape[1] == hidden_dim + encoding_dim)
+        return cls(input_dim, weights[-1].shape[0], hidden_dim, count, positional_dim, skips)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         if not len(self.frequencies):
             return x
@@ -96,6 +109,14 @@ class NeuralAtlases(nn.Module):
         self.alpha = IMLP(3, 1, num_layers=8, positional_dim=5)
         self.requires_grad_(False).eval()
 
+    # checkpoint key -> (attribute, input dimension)
+    NETWORKS = {
+        "model_F_mapping1_state_dict": ("foreground_mapping", 3),
+        "model_F_mapping2_state_dict": ("background_mapping", 3),
+        "F_atlas_state_dict": ("atlas", 2),
+        "model_F_alpha_state_dict": ("alpha", 3),
+    }
+
     def networks(self) -> dict[str, IMLP]:
         return {
             "model_F_mapping1_state_dict": self.foreground_mapping,
@@ -116,20 +137,23 @@ class NeuralAtlases(nn.Module):
                 f"{source} is not a Neural Layered Atlas checkpoint: it lacks {names}; pass the `checkpoint` file "
                 "NLA's training wrote (e.g. pretrained_nla_models/<video>/checkpoint)"
             )
-        for key, net in self.networks().items():
+        for key in self.NETWORKS:
             if not isinstance(checkpoint[key], dict):
                 raise InputError(
                     f"{source}: {key} holds a {type(checkpoint[key]).__name__}, not the state dict of NLA's "
                     f"{CHECKPOINT_KEYS[key]} network; pass a checkpoint written by NLA's training"
                 )
-            try:
-                net.load_state_dict(checkpoint[key])
-            except RuntimeError as exc:
+            attribute, input_dim = self.NETWORKS[key]
+            try:  # the sizes the checkpoint was trained with (NLA's defaults, or those of its config.json)
+                sized = IMLP.from_state_dict(checkpoint[key], input_dim)
+                sized.load_state_dict(checkpoint[key])
+            except (RuntimeError, ValueError) as exc:
                 reason = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
                 raise InputError(
-                    f"{source}: {key} does not fit NLA's {CHECKPOINT_KEYS[key]} network ({reason}); only "
-                    "checkpoints of NLA's default architecture can be used"
+                    f"{source}: {key} is not the state dict of an NLA {CHECKPOINT_KEYS[key]} network ({reason}); "
+                    "pass a checkpoint written by NLA's training or t2l-atlas"
                 ) from None
+            setattr(self, attribute, sized.requires_grad_(False).eval())
 
     # coordinates -------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from text2live import files
 from text2live.errors import CheckpointError, ConfigError, InputError
@@ -35,7 +36,7 @@ RUN_OUTPUTS = (
 # resumes across a change of them, they are not hyper-parameters in TensorBoard, and they do not name run folders.
 RESULT_NEUTRAL_KEYS = (
     *("run_dir", "data_dir", "log_images_freq", "checkpoint_every", "evaluate", "trainer", "logger", "hydra"),
-    *("restart", "resume_from", "sweep", "compile", "clip.checkpoint_views"),
+    *("restart", "resume_from", "sweep", "compile", "clip.checkpoint_views", "evaluation"),
     *("data.min_input_side", "data.max_aspect_ratio", "data.check_memory"),  # checks of the input, not the edit
 )
 
@@ -222,13 +223,22 @@ def load_config(run_dir: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def find_runs(folder: str | Path) -> list[Path]:
-    """Every finished run (a folder holding ``config.yaml`` and ``DONE``) at or below ``folder``, sorted."""
+def run_task(run_dir: Path) -> str:
+    """What a run folder holds: ``edit`` (t2l-train) or ``atlas`` (t2l-atlas), from its config's ``task``."""
+    try:
+        task = OmegaConf.load(Path(run_dir) / CONFIG_FILE).get("task", "edit")
+    except (OSError, ValueError, OmegaConfBaseException):
+        return "edit"  # unreadable: the tools that read it say so
+    return str(task)
+
+
+def find_runs(folder: str | Path, task: str = "edit") -> list[Path]:
+    """Every finished run of ``task`` (a folder holding ``config.yaml`` and ``DONE``) at or below ``folder``, sorted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder: pass a run folder or a folder of runs (e.g. outputs/)")
     found = {p.parent for p in folder.rglob(CONFIG_FILE) if (p.parent / DONE_FILE).is_file()}
-    return sorted(found)
+    return sorted(run for run in found if run_task(run) == task)
 
 
 def load_run(run_dir: Path) -> tuple[dict, DictConfig]:

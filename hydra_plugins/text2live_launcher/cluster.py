@@ -257,8 +257,9 @@ class SlurmLauncher(_ClusterLauncher):
                 sys.exit(2)
             log.info("submitted %d job(s) to SLURM as array %s", len(todo), submitted[0].job_id.split("_")[0])
             self.wait(submitted)
+            states = slurm_states([handle.job_id for handle in submitted])
             for job, handle in zip(todo, submitted):
-                results[job.index] = self.result(job, handle)
+                results[job.index] = self.result(job, handle, states[handle.job_id])
         return end_sweep(jobs, [results[job.index] for job in jobs])
 
     def wait(self, handles: list) -> None:
@@ -266,7 +267,7 @@ class SlurmLauncher(_ClusterLauncher):
         said = None
         arrays = sorted({handle.job_id.split("_")[0] for handle in handles})
         asked = ", ".join(f"{key}={self.params[key]}" for key in RESOURCE_KEYS if self.params.get(key) is not None)
-        while not all(slurm_finished(handle) for handle in handles):
+        while not all(slurm_finished(state) for state in slurm_states([h.job_id for h in handles]).values()):
             reasons = pending_reasons(arrays)
             if reasons and reasons != said:
                 words = ", ".join(f"{n} {RESOURCE_REASONS.get(r, r)} ({r})" for r, n in sorted(reasons.items()))
@@ -283,18 +284,20 @@ class SlurmLauncher(_ClusterLauncher):
             said = reasons or said
             time.sleep(self.poll_seconds)
 
-    def result(self, job: PlannedJob, handle) -> JobReturn:
-        state = handle.state
+    def result(self, job: PlannedJob, handle, state: str) -> JobReturn:
         if state.startswith("CANCELLED"):
             return failed_return(job, f"was cancelled ({state}); its checkpoint is kept")
+        limit = self.params.get("timeout_min")
+        too_long = f"reached its time limit ({limit} min, hydra.launcher.timeout_min) more often than it is requeued"
         if state == "TIMEOUT":
-            limit = self.params.get("timeout_min")
-            return failed_return(job, f"reached the time limit ({limit} min; hydra.launcher.timeout_min) too often")
+            return failed_return(job, too_long)
         if state in ("PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "OUT_OF_MEMORY"):
             return failed_return(job, f"ended with SLURM state {state}")
         try:
             return handle.results()[0]
         except Exception as exc:  # noqa: BLE001 - submitit wraps the job's failure; the run's log says why
+            if "timed-out too many times" in str(exc):
+                return failed_return(job, f"{too_long} (hydra.launcher.max_num_timeout); its checkpoint is kept")
             line = error_line(job.run_dir)
             if line:
                 return failed_return(job, line)
@@ -309,10 +312,33 @@ ACTIVE_STATES = {
 }
 
 
-def slurm_finished(handle) -> bool:
-    """Whether a submitit job has ended for good (``handle.done()`` also says so while a job is requeued)."""
-    state = handle.state.split()[0] if handle.state else "UNKNOWN"
-    return state not in ACTIVE_STATES
+def slurm_finished(state: str) -> bool:
+    """Whether a job in SLURM ``state`` has ended for good (a requeued one has not)."""
+    return (state.split() or ["UNKNOWN"])[0] not in ACTIVE_STATES
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """The current state of each job (``12_0`` or ``16``), read from sacct; UNKNOWN until sacct lists it.
+
+    submitit's own view of a job's state stops following a job once it looked finished, which a requeued job
+    only seemed to be; sacct's last record of a job is its current state.
+    """
+    states = dict.fromkeys(job_ids, "UNKNOWN")
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return states
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        if job_id in states:
+            states[job_id] = state
+    return states
 
 
 def pending_reasons(array_ids: list[str]) -> dict[str, int]:
