@@ -8,6 +8,7 @@
     python scripts/benchmark.py --small --compare HEAD --steps 10            # HEAD against the working tree
     python scripts/benchmark.py --small --compare HEAD~1 main --rounds 5     # three versions, five rounds
     python scripts/benchmark.py --video --compare HEAD --steps 6 --rounds 2  # video settings, two versions
+    python scripts/benchmark.py --small --steps 10 --variants default compile=true generator_precision=bf16
 
 What is measured, per step, from Lightning's ``on_train_batch_start`` to its ``on_train_batch_end``: the
 ``training_step`` (generator, CLIP views and losses), the backward pass, the optimiser step and zero_grad, the LR
@@ -17,7 +18,9 @@ not timed. On CUDA the device is synchronised before each clock reading.
 
 - wall: ``time.perf_counter``; CPU: ``time.process_time`` (CPU time of every thread of the process, so it can
   exceed the wall time when torch uses several threads). Both as min and median over the timed steps; the first
-  ``--warmup`` of the ``--steps`` steps are run but left out.
+  ``--warmup`` of the ``--steps`` steps are run but left out, and so is any later step during which
+  ``torch.compile`` compiled something (``compile=true``: the first steps compile, and a new input shape may
+  compile again); the record lists those steps and the wall time they took.
 - aten ops per step: every aten operator dispatched below autograd (composite ops counted as the ops they
   decompose into; forward, backward and optimiser), counted with a ``TorchDispatchMode`` during ``--count-steps``
   extra steps run after the timed ones (counting slows a step down, so those steps are not timed).
@@ -39,6 +42,9 @@ temporary folder, removed at the end) and the working tree (``work``) in one inv
 running every version once in a fresh process (the first version of a round rotates) that imports ``text2live``
 from that version's folder while measuring with this script. The figures pool the steps of all rounds; the table
 gives the ratio of each version to the first. Only a comparison within one run is meaningful on a shared machine.
+``--variants OVERRIDES [OVERRIDES ...]`` compares settings of the working tree the same way (e.g. ``default
+compile=true generator_precision=bf16 clip.checkpoint_views=true``; an entry may hold several overrides, quoted;
+overrides shared by every variant go before the flag); with ``--compare`` every version runs every variant.
 
 Writes a JSON record (every figure, the overrides, the git revision, torch version, device, threads) to ``--json``
 or under outputs/benchmarks/.
@@ -124,6 +130,14 @@ def _proc_status_kib(field: str) -> int | None:
     return None
 
 
+def compile_events() -> int:
+    """How many compilation phases ``torch.compile`` has timed in this process so far (dynamo, AOTAutograd and
+    inductor, the lazily compiled backward included); 0 while it was never used."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    metrics = getattr(utils, "compilation_time_metrics", None) or {}
+    return sum(len(times) for times in metrics.values())
+
+
 def _max_rss_kib() -> int:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
@@ -134,12 +148,14 @@ class StepMeter(pl.Callback):
 
     A step is what runs between ``on_train_batch_start`` and ``on_train_batch_end`` (see the module's docstring).
     The peaks of memory are reset at the start of step ``warmup`` and read at the end of the last timed step.
+    ``compiled[i]`` tells whether ``torch.compile`` compiled anything during timed step ``i``.
     """
 
     def __init__(self, timed: int, warmup: int, counted: int) -> None:
         self.timed, self.warmup, self.counted = timed, warmup, counted
         self.wall: list[float] = []
         self.cpu: list[float] = []
+        self.compiled: list[bool] = []
         self.ops: list[Counter[str]] = []
         self.index = 0
         self.peak_rss_kib: int | None = None
@@ -150,6 +166,7 @@ class StepMeter(pl.Callback):
         self._hwm_reset = False
         self._mode: OpCounter | None = None
         self._wall0 = self._cpu0 = 0.0
+        self._compile_events0 = 0
 
     @staticmethod
     def _sync(device: torch.device) -> None:
@@ -167,6 +184,7 @@ class StepMeter(pl.Callback):
             self.rss_before_steps_kib = _proc_status_kib("VmRSS")
             self._hwm_reset = _reset_peak_rss()
         if self.index < self.timed:
+            self._compile_events0 = compile_events()
             self._sync(device)
             self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
         elif self.index < self.timed + self.counted:
@@ -180,6 +198,7 @@ class StepMeter(pl.Callback):
             self._sync(device)
             self.wall.append(time.perf_counter() - self._wall0)
             self.cpu.append(time.process_time() - self._cpu0)
+            self.compiled.append(compile_events() != self._compile_events0)
             if index == self.timed - 1:
                 self.peak_rss_kib = max(self._peak_before_steps_kib, _max_rss_kib())
                 self.peak_rss_steps_kib = _proc_status_kib("VmHWM") if self._hwm_reset else None
@@ -304,7 +323,11 @@ def measure(
 
     import text2live
     from text2live.config import CONF_DIR
-    from text2live.build import build_system
+
+    try:
+        from text2live.build import build_system
+    except ImportError:  # a version from before text2live.build
+        from text2live.train import build_system
 
     with tempfile.TemporaryDirectory(prefix="t2l-benchmark-") as scratch:
         if video and video_dir is None:
@@ -323,7 +346,12 @@ def measure(
 
     if len(meter.wall) < steps or len(meter.ops) < count_steps:
         raise RuntimeError(f"the fit ran {meter.index} steps, fewer than the {total} asked for")
-    wall, cpu = meter.wall[warmup:], meter.cpu[warmup:]
+    kept = [i for i in range(warmup, steps) if not meter.compiled[i]]
+    if not kept:
+        raise RuntimeError(f"torch.compile compiled during every timed step: raise --steps above {steps}")
+    wall, cpu = [meter.wall[i] for i in kept], [meter.cpu[i] for i in kept]
+    compiled = [i for i, c in enumerate(meter.compiled) if c]
+    steps_out = [i for i in compiled if i >= warmup]
     op_totals = [sum(c.values()) for c in meter.ops]
     all_ops: Counter[str] = sum(meter.ops, Counter())
     guides = getattr(system, "guides", None)
@@ -332,8 +360,9 @@ def measure(
     record = {
         "measured": (
             f"{len(wall)} steps of t2l-train (training_step + backward + optimiser step, between Lightning's "
-            f"on_train_batch_start and on_train_batch_end) after {warmup} warm-up steps; aten ops counted over "
-            f"{count_steps} further steps"
+            f"on_train_batch_start and on_train_batch_end) after {warmup} warm-up steps"
+            + (f", leaving out {len(steps_out)} later steps that compiled" if steps_out else "")
+            + f"; aten ops counted over {count_steps} further steps"
         ),
         "date": datetime.now().isoformat(timespec="seconds"),
         "settings": ("video" if video else "image") + (" small" if small else ""),
@@ -353,6 +382,9 @@ def measure(
         "steps": steps,
         "warmup": warmup,
         "steps_timed": len(wall),
+        "compiled_steps": compiled,
+        "steps_left_out_compiling": len(steps_out),
+        "compile_wall_s": sum(meter.wall[i] for i in compiled),
         "count_steps": count_steps,
         "wall_s": wall,
         "cpu_s": cpu,
@@ -388,7 +420,10 @@ ROWS = (  # (label, key in a summary, format)
     ("RSS MiB before timed steps", "rss_before_steps_mib", "{:.0f}"),
     ("peak CUDA MiB, timed steps", "peak_cuda_mib", "{:.0f}"),
     ("timed steps", "steps_timed", "{:d}"),
+    ("steps left out: compiling", "steps_left_out_compiling", "{:d}"),
+    ("wall s of compiling steps", "compile_wall_s", "{:.1f}"),
 )
+COUNTS = ("steps_timed", "steps_left_out_compiling")  # rows without a ratio
 
 
 def table(columns: dict[str, dict]) -> str:
@@ -404,7 +439,7 @@ def table(columns: dict[str, dict]) -> str:
         cells = [fmt.format(v) if v is not None else "-" for v in values]
         base = values[0]
         for v in values[1:]:
-            ok = key != "steps_timed" and v is not None and base
+            ok = key not in COUNTS and v is not None and base
             cells.append(f"{v / base:.3f}" if ok else "")
         lines.append(f"{label:<28}" + "".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
@@ -419,6 +454,8 @@ def summarise(records: list[dict]) -> dict:
     def peak(key: str) -> float | None:
         values = [r[key] for r in records if r.get(key) is not None]
         return max(values) if values else None
+
+    compiling = [r["compile_wall_s"] for r in records if r.get("compile_wall_s")]
 
     by_name: Counter[str] = Counter()
     for r in records:
@@ -435,6 +472,8 @@ def summarise(records: list[dict]) -> dict:
         "peak_rss_steps_mib": peak("peak_rss_steps_mib"),
         "rss_before_steps_mib": peak("rss_before_steps_mib"),
         "peak_cuda_mib": peak("peak_cuda_mib"),
+        "steps_left_out_compiling": sum(r.get("steps_left_out_compiling", 0) for r in records),
+        "compile_wall_s": statistics.median(compiling) if compiling else None,
         "git_revision": records[0]["git_revision"],
         "text2live_file": records[0]["text2live_file"],
     }
@@ -468,7 +507,9 @@ def _run_git(*args: str) -> str:
     return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _worker_command(args: argparse.Namespace, source: Path, out: Path, video_dir: Path | None) -> list[str]:
+def _worker_command(
+    args: argparse.Namespace, source: Path, out: Path, video_dir: Path | None, extra: list[str]
+) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(source), "--json", str(out)]
     cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--count-steps", str(args.count_steps)]
     if args.small:
@@ -477,17 +518,23 @@ def _worker_command(args: argparse.Namespace, source: Path, out: Path, video_dir
         cmd += ["--threads", str(args.threads)]
     if args.video:
         cmd += ["--video", "--frames", str(args.frames), "--video-dir", str(video_dir)]
-    return [*cmd, "--", *args.overrides]
+    return [*cmd, "--", *args.overrides, *extra]
+
+
+def variant_overrides(spec: str) -> list[str]:
+    """The overrides of a ``--variants`` entry: ``default`` (or nothing) is none, else space-separated overrides."""
+    return [] if spec.strip() in ("", "default") else spec.split()
 
 
 def compare(args: argparse.Namespace) -> int:
-    """Measure the revisions and the working tree in interleaved rounds; print and write the comparison."""
+    """Measure the revisions and the working tree, each with every variant, in interleaved rounds; print and write
+    the comparison."""
     scratch = Path(tempfile.mkdtemp(prefix="t2l-benchmark-compare-"))
     added: list[Path] = []
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the worktrees are removed
     try:
         versions: dict[str, dict] = {}
-        for i, rev in enumerate(args.compare):
+        for i, rev in enumerate(args.compare or []):
             try:
                 commit = _run_git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
             except subprocess.CalledProcessError:
@@ -499,6 +546,13 @@ def compare(args: argparse.Namespace) -> int:
             added.append(path)
             versions[name] = {"rev": rev, "commit": commit, "source": path}
         versions["work"] = {"rev": "work", "commit": git_revision(REPO), "source": REPO}
+        if args.variants:
+            specs = list(dict.fromkeys(v.strip() or "default" for v in args.variants))
+            versions = {
+                (spec if not args.compare else f"{name}:{spec}"): {**v, "overrides": variant_overrides(spec)}
+                for name, v in versions.items()
+                for spec in specs
+            }
         video_dir = None
         if args.video:
             video_dir = scratch / "video"
@@ -520,7 +574,8 @@ def compare(args: argparse.Namespace) -> int:
                 env = dict(os.environ, TMPDIR=str(scratch / "tmp"))  # a killed worker's files go with ours
                 if args.threads:
                     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-                cmd = _worker_command(args, versions[name]["source"], out, video_dir)
+                extra = versions[name].get("overrides", [])
+                cmd = _worker_command(args, versions[name]["source"], out, video_dir, extra)
                 with open(log, "w") as f:
                     rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
                 if rc != 0 or not out.is_file():
@@ -544,6 +599,7 @@ def compare(args: argparse.Namespace) -> int:
                     "rev": versions[n]["rev"],
                     "commit": versions[n]["commit"],
                     "source": str(versions[n]["source"]),
+                    "overrides": versions[n].get("overrides", []),
                 }
                 for n in names
             },
@@ -557,6 +613,8 @@ def compare(args: argparse.Namespace) -> int:
             first = runs[done[0]][0]
             print()
             print(describe(first, f"; {args.rounds} rounds, each a fresh process per version"))
+            if args.variants:
+                print(f"variants: {', '.join(done)} (the overrides above are the first one's)")
             for n in done:
                 print(f"{n:>10}: {summaries[n]['git_revision']} (text2live from {summaries[n]['text2live_file']})")
             print()
@@ -591,7 +649,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=50, help="frames of the synthetic video (default 50)")
     parser.add_argument("--threads", type=int, help="torch threads (and OMP_NUM_THREADS of compared processes)")
     parser.add_argument("--compare", nargs="+", metavar="REV", help="git revisions to compare with the working tree")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare (default 3)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="OVERRIDES",
+        help='settings to compare, each a quoted list of overrides or "default", e.g. default compile=true '
+        '"generator_precision=bf16 clip.checkpoint_views=true" (shared overrides go before this flag)',
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare or --variants (default 3)")
     parser.add_argument("--json", type=Path, help="where to write the JSON record")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"), help="folder of the JSON record")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # --compare's child: import text2live here
@@ -619,7 +684,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.compare:
+    if args.compare or args.variants:
         return compare(args)
     if args.worker is not None:
         if "text2live" in sys.modules:

@@ -84,3 +84,33 @@ def test_record_of_a_small_run(benchmark, tmp_path: Path):
     assert "loss.n_aug=2" in record["overrides"] and "clip=tiny" in record["overrides"]
     assert Path(record["text2live_file"]).resolve().parents[1] == SCRIPT.parents[1]
     assert record["torch"] == torch.__version__ and record["threads"] >= 1
+    assert record["compiled_steps"] == [] and record["steps_left_out_compiling"] == 0
+
+
+def test_a_step_that_compiles_is_marked(benchmark, monkeypatch):
+    """``measure`` leaves such steps out of the timings (compile=true: the first steps compile)."""
+    events = iter([0, 1, 1, 1, 1, 1])  # read at the start and at the end of each timed step: step 0 compiled
+    monkeypatch.setattr(benchmark, "compile_events", lambda: next(events))
+    meter = benchmark.StepMeter(timed=3, warmup=0, counted=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        callbacks=[meter],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(_Linear())
+    assert meter.compiled == [True, False, False]
+
+
+def test_each_variant_runs_with_its_overrides_after_the_shared_ones(benchmark, tmp_path: Path):
+    both = "compile=true clip.checkpoint_views=true"
+    args = benchmark.parse_args(["--small", "--steps", "4", "loss.n_aug=2", "--variants", "default", both])
+    assert args.overrides == ["loss.n_aug=2"] and args.variants == ["default", both]
+    assert benchmark.variant_overrides("default") == [] and benchmark.variant_overrides(" ") == []
+    extra = benchmark.variant_overrides(args.variants[1])
+    cmd = benchmark._worker_command(args, tmp_path, tmp_path / "out.json", None, extra)
+    assert cmd[cmd.index("--") + 1 :] == ["loss.n_aug=2", "compile=true", "clip.checkpoint_views=true"]
+    assert "--small" in cmd and cmd[cmd.index("--steps") + 1] == "4"

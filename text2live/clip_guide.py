@@ -349,9 +349,12 @@ class ClipGuide(nn.Module):
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, D] (float32) of normalised images of any size."""
+        return self.encode_tokens(self._tokens(self.model.visual, x))
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, D] (float32) of the tokens [L, N, D] that :meth:`_tokens` makes of images."""
         visual = self.model.visual
-        tokens = visual.transformer(self._tokens(visual, x))
-        return (visual.ln_post(tokens[0]) @ visual.proj).float()
+        return (visual.ln_post(visual.transformer(tokens)[0]) @ visual.proj).float()
 
     def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
         """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
