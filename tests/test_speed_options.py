@@ -1,8 +1,8 @@
 """The speed options change how a step is computed, not what it computes, nor what a checkpoint holds.
 
-``compile=true`` compiles the generator and CLIP's view forward with TorchInductor: a step equals the eager one to
-float32 rounding. ``generator_precision=bf16`` runs the generator in bfloat16: a step moves by bfloat16 rounding,
-measured here against the move that rounding the generator's weights to bfloat16 alone makes.
+``compile=true`` compiles the generator and CLIP's transformer of the views with TorchInductor: a step equals the
+eager one to float32 rounding. ``generator_precision=bf16`` runs the generator in bfloat16: a step moves by bfloat16
+rounding, measured here against the move that rounding the generator's weights to bfloat16 alone makes.
 
 The first compilation in a process with an empty inductor cache pays a one-time set-up (the C++ compiler's checks
 and a precompiled header, about 20 s here) on top of the kernels, so the compiled tests share one small system: a
@@ -11,6 +11,7 @@ one-scale generator on the whole 96 px image (one input shape), 2 CLIP views, no
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from text2live.build import build_system
 from text2live.cli import train as train_cli
 from text2live.config import ASSETS_DIR
 from text2live.errors import ConfigError
+from text2live.generator import SkipGenerator
 from text2live.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,6 +83,20 @@ def test_compile_compiles_the_generator_and_the_view_forward(tmp_path):
     guide = system.losses.guide
     assert "encode_tokens" in vars(guide)  # the instance's compiled transformer, in front of the method
     assert hasattr(guide.encode_tokens, "_torchdynamo_orig_callable")
+
+
+def test_a_compiled_generator_runs_inputs_of_another_size_eagerly(compiled_and_eager):
+    """Compiled for its first input's size (that of the fixture's run, whose graph is cached); a training crop of
+    another size runs eagerly rather than compiling again."""
+    generator = SkipGenerator(channels_down=16, channels_up=16, channels_skip=4, num_scales=1)
+    eager = copy.deepcopy(generator)
+    speed.compile_generator(generator)
+    image = torch.rand(1, 3, 96, 144)
+    assert relative_error(generator(image), eager(image)) <= TERMS_RTOL
+    graphs = counters["stats"]["unique_graphs"]
+    crop = torch.rand(1, 3, 80, 120)
+    assert torch.equal(generator(crop), eager(crop))
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_a_compiled_run_writes_checkpoints_with_the_eager_keys(tmp_path, compiled_and_eager):
