@@ -7,7 +7,8 @@
 #   sudo scripts/local_cluster.sh stop
 #
 # SLURM comes from Debian's packages (installed when missing: slurm-wlm slurmdbd munge mariadb-server); Ray from
-# the Python environment (`pip install -e ".[ray]"`; skipped when absent). The SLURM node is this machine with
+# the Python environment whose `ray` command is on PATH (`pip install -e ".[ray]"`; skipped when absent). Keep
+# that environment active under sudo: sudo env "PATH=$PATH" scripts/local_cluster.sh start The SLURM node is this machine with
 # its CPUs and memory and no GPU. Config files are written to /etc/slurm only if none are there or they were
 # written by this script. State lives in $T2L_CLUSTER_DIR (default /tmp/t2l-cluster).
 set -euo pipefail
@@ -122,7 +123,7 @@ start_slurm() {
 }
 
 start_ray() {
-    if ! python3 -c "import ray" 2>/dev/null; then
+    if ! command -v ray >/dev/null; then
         echo "Ray is not installed in this Python environment (pip install -e \".[ray]\"): no Ray head started"
         return
     fi
@@ -131,7 +132,7 @@ start_ray() {
 }
 
 stop_all() {
-    if python3 -c "import ray" 2>/dev/null; then ray stop --force >/dev/null 2>&1 || true; fi
+    if command -v ray >/dev/null; then ray stop --force >/dev/null 2>&1 || true; fi
     scancel --user=root >/dev/null 2>&1 || true
     for daemon in slurmd slurmctld slurmdbd; do pkill -x "$daemon" || true; done
     mysqladmin shutdown >/dev/null 2>&1 || true

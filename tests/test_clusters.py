@@ -2,7 +2,7 @@
 
 Excluded by default (marker ``cluster``). Start a throwaway single-node SLURM and a local Ray head first, then:
 
-    sudo scripts/local_cluster.sh start
+    sudo env "PATH=$PATH" scripts/local_cluster.sh start
     python -m pytest -m cluster tests/test_clusters.py -n 0
 
 A launcher whose daemon is not running is skipped. Each sweep is two tiny CPU jobs (``seed=0,1``); a job's
@@ -67,7 +67,7 @@ def ray_is_up() -> bool:
 def launcher(request) -> str:
     up = {"slurm": slurm_is_up, "ray": ray_is_up}[request.param]()
     if not up:
-        pytest.skip(f"no {request.param} cluster is running here (sudo scripts/local_cluster.sh start)")
+        pytest.skip(f"no {request.param} cluster is running here (scripts/local_cluster.sh start, as root)")
     return request.param
 
 
