@@ -77,10 +77,11 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), overrides: Seq
     return run_dir
 
 
-def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks) -> str | None:
-    """Train, then write the results and ``DONE``; None if training stopped early (the run can be resumed).
+def fit_steps(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks=()):
+    """Train ``cfg.steps`` steps in ``run_dir`` (checkpoints, snapshots, signals, progress bar); the trainer once
+    every step is done, None if training stopped early (the run can be resumed).
 
-    Returns the run folder and its key metrics, as one line.
+    The run folder's machinery shared by edits and t2l-atlas: what a run writes at the end is the caller's.
     """
     ckpt_dir = run_dir / runs.CHECKPOINT_DIR
     last = ckpt_dir / runs.LAST_CHECKPOINT
@@ -114,8 +115,19 @@ def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | N
     if trainer.interrupted or trainer.global_step < cfg.steps:
         log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
         return None
-
     system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
+    return trainer
+
+
+def _fit(cfg: DictConfig, system, datamodule, run_dir: Path, ckpt_path: Path | None, callbacks) -> str | None:
+    """Train, then write the results and ``DONE``; None if training stopped early (the run can be resumed).
+
+    Returns the run folder and its key metrics, as one line.
+    """
+    trainer = fit_steps(cfg, system, datamodule, run_dir, ckpt_path, callbacks)
+    if trainer is None:
+        return None
+    ckpt_dir = run_dir / runs.CHECKPOINT_DIR
     system.save_results(datamodule, run_dir)
     trainer.save_checkpoint(ckpt_dir / runs.FINAL_CHECKPOINT, weights_only=False)
     results = str(run_dir)

@@ -33,6 +33,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hydra_plugins.text2live_launcher.gpu_launcher import quoted
 from text2live.errors import JobError
 from text2live.runs import DONE_FILE, run_names
 
@@ -55,11 +56,6 @@ class PlannedJob:
     @property
     def finished(self) -> bool:
         return (self.run_dir / DONE_FILE).is_file()
-
-
-def quoted(value: str) -> str:
-    """``value`` as a quoted Hydra override value (run names hold ``=`` and ``,``)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def plan_jobs(

@@ -19,17 +19,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from text2live import files, runs, speed
 from text2live.atlas.system import AtlasSystem, Pretraining, VideoPixels, build_atlases
 from text2live.build import check_run_settings, instantiate, resolve_config
-from text2live.callbacks import EditSnapshots, StopOnSignal
-from text2live.checkpoints import SafeCheckpointIO, check_fits, read_training_checkpoint, save_checkpoint
-from text2live.errors import CheckpointError, ConfigError, NonFiniteLossError, RunInterrupted
+from text2live.checkpoints import check_fits, read_training_checkpoint, save_checkpoint
+from text2live.errors import CheckpointError, ConfigError
 from text2live.io import save_png_sequence
-from text2live.progress import StepProgressBar, quiet_lightning
-from text2live.training import check_run_dir
+from text2live.training import check_run_dir, fit_steps
 
 log = logging.getLogger("text2live")
 
@@ -150,40 +147,9 @@ def apply_speed_options(cfg: DictConfig, nla) -> None:
 
 def _fit(cfg: DictConfig, system: AtlasSystem, datamodule: VideoPixels, run_dir: Path, ckpt_path, callbacks):
     """Train, then write the results and ``DONE``; returns the metrics, or None if training stopped early."""
-    ckpt_dir = run_dir / runs.CHECKPOINT_DIR
-    last = ckpt_dir / runs.LAST_CHECKPOINT
-    checkpointing = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename=Path(runs.LAST_CHECKPOINT).stem,
-        every_n_train_steps=cfg.checkpoint_every,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    snapshots = EditSnapshots(run_dir / "steps", cfg.log_images_freq)
-    stop = StopOnSignal(last)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    progress = [StepProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []
-    if ckpt_path:
-        log.info("resuming %s from %s", run_dir, ckpt_path)
-    with quiet_lightning():
-        trainer = instantiate(
-            cfg.trainer,
-            logger=logger,
-            callbacks=[checkpointing, snapshots, stop, *progress, *callbacks],
-            plugins=[SafeCheckpointIO(keep={runs.LAST_CHECKPOINT: runs.PREVIOUS_CHECKPOINT})],
-        )
-        try:
-            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except NonFiniteLossError as exc:
-            exc.checkpoint = last if last.is_file() else None
-            raise
-    if stop.received is not None:
-        raise RunInterrupted(stop.received, trainer.global_step, cfg.steps, last)
-    if trainer.interrupted or trainer.global_step < cfg.steps:
-        log.warning("stopped at step %d of %d: run the same command again to resume", trainer.global_step, cfg.steps)
+    trainer = fit_steps(cfg, system, datamodule, run_dir, ckpt_path, callbacks)
+    if trainer is None:
         return None
-
-    system.to(trainer.strategy.root_device)  # Lightning hands the module back on the CPU
     metrics = system.save_results(datamodule, run_dir)
     save_png_sequence(datamodule.inputs.frames, run_dir / FRAMES_DIR)
     save_nla_checkpoint(system, trainer.optimizers[0], trainer.global_step, run_dir / NLA_CHECKPOINT)
