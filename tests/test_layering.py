@@ -18,7 +18,7 @@ ROOT = PACKAGE.parent
 
 # The method: generator, CLIP guide, views, losses, data, the Lightning systems, NLA, metrics and their helpers.
 CORE = (
-    *("generator", "clip_guide", "views", "losses", "data", "loader", "system", "video_system", "video_data"),
+    *("generator", "clip_guide", "views", "draws", "losses", "data", "loader", "system", "video_system", "video_data"),
     *("nla", "metrics", "io", "callbacks", "errors", "files", "config", "checkpoints"),
 )
 # What the core must never import: the layers built on it.
@@ -132,9 +132,7 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
 def test_help_answers_without_importing_torch(command):
     started = time.perf_counter()
     result = run_without_torch(
-        f"    sys.argv = ['t2l-{command}', '--help']\n"
-        f"    from text2live.cli.{command} import main\n"
-        "    main()"
+        f"    sys.argv = ['t2l-{command}', '--help']\n    from text2live.cli.{command} import main\n    main()"
     )
     elapsed = time.perf_counter() - started
     print(f"t2l-{command} --help: {elapsed:.2f} s (interpreter start included)")

@@ -91,25 +91,28 @@ def expected() -> dict:
     return torch.load(VALUES, weights_only=True)
 
 
-@pytest.mark.parametrize("kind", ["image", "video"])
-def test_step_terms_and_gradients_equal_the_per_view_implementation(values, expected, kind):
+def assert_same_step(new: dict, old: dict, label: str) -> None:
     """Each term to 1e-5 relative; the gradient as one vector to 1e-5 relative, and each parameter's gradient
     within 1e-5 of the whole gradient's norm (the biases of convolutions followed by BatchNorm have a gradient that
     is zero but for rounding, so their own relative error means nothing)."""
+    assert set(new) == set(old), f"{label}: other terms or parameters"
+    for key in (k for k in old if k.startswith("terms/")):
+        error = relative_error(new[key], old[key])
+        assert error <= RTOL, f"{label}: {key} differs by {error:.2e} (relative)"
+    grads = [k for k in old if k.startswith("grad/")]
+    old_all = torch.cat([old[k].flatten() for k in grads])
+    new_all = torch.cat([new[k].flatten() for k in grads])
+    assert relative_error(new_all, old_all) <= RTOL, f"{label}: the gradient differs"
+    scale = old_all.norm()
+    worst = max(grads, key=lambda k: float((new[k] - old[k]).norm()))
+    error = float((new[worst] - old[worst]).norm() / scale)
+    assert error <= RTOL, f"{label}: {worst} differs by {error:.2e} of the gradient's norm"
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_step_terms_and_gradients_equal_the_per_view_implementation(values, expected, kind):
     for step, old in expected[kind].items():
-        new = values[kind][step]
-        assert set(new) == set(old), f"{kind} step {step}: other terms or parameters"
-        for key in (k for k in old if k.startswith("terms/")):
-            error = relative_error(new[key], old[key])
-            assert error <= RTOL, f"{kind} step {step}: {key} differs by {error:.2e} (relative)"
-        grads = [k for k in old if k.startswith("grad/")]
-        old_all = torch.cat([old[k].flatten() for k in grads])
-        new_all = torch.cat([new[k].flatten() for k in grads])
-        assert relative_error(new_all, old_all) <= RTOL, f"{kind} step {step}: the gradient differs"
-        scale = old_all.norm()
-        worst = max(grads, key=lambda k: float((new[k] - old[k]).norm()))
-        error = float((new[worst] - old[worst]).norm() / scale)
-        assert error <= RTOL, f"{kind} step {step}: {worst} differs by {error:.2e} of the gradient's norm"
+        assert_same_step(values[kind][step], old, f"{kind} step {step}")
 
 
 # options that may change speed and memory, never the numbers (each against the stored image steps)
@@ -122,9 +125,7 @@ def test_an_option_for_speed_or_memory_changes_no_number(expected, tmp_path, opt
         system, datamodule = build_system(image_config(tmp_path, option))
         values = step_values(system, datamodule, IMAGE_STEPS[:2])
     for step, new in values.items():
-        old = expected["image"][step]
-        assert set(new) == set(old)
-        assert all(relative_error(new[key], old[key]) <= RTOL for key in old), f"{option} changes step {step}"
+        assert_same_step(new, expected["image"][step], f"{option}, step {step}")
 
 
 def test_the_steps_exercise_every_term(expected):

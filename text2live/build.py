@@ -19,6 +19,7 @@ from text2live.video_system import VideoEditSystem
 
 PROMPT_KEYS = ("comp_text", "src_text", "screen_text")
 
+
 def is_video(cfg: dict | DictConfig) -> bool:
     """Whether a config (or a run's saved config) edits a video (an NLA atlas) rather than an image."""
     return str(cfg["data"].get("_target_", "")).endswith("AtlasDataModule")
@@ -152,5 +153,3 @@ def _build_video_system(cfg: DictConfig, datamodule: AtlasDataModule) -> VideoEd
         align_corners=video.align_corners,
         fps=video.fps,
     )
-
-

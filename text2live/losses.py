@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from text2live.clip_guide import SCREEN_TEMPLATES, TEMPLATES, ClipGuide
+from text2live.draws import Draws
 from text2live.errors import ConfigError
-from text2live.views import ViewAugment, resize
+from text2live.views import ViewAugment, ViewPlan, resize
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,8 +43,10 @@ def sparsity_terms(alphas: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.
     return l1, l0
 
 
-def pick_rows(g: torch.Generator, n_rows: int) -> torch.Tensor:
+def pick_rows(g: torch.Generator | Draws, n_rows: int) -> torch.Tensor:
     """``k ~ U{1..n_rows}`` row indices drawn with replacement."""
+    if isinstance(g, Draws):
+        return torch.tensor(g.randints(n_rows, g.randint(1, n_rows + 1)), dtype=torch.int64)
     k = int(torch.randint(1, n_rows + 1, (1,), generator=g).item())
     return torch.randint(n_rows, (k,), generator=g)
 
@@ -194,33 +197,70 @@ class LossStack(nn.Module):
         """
         weights = self.weights(step)
         composites = [o["composite"] for o in outputs]
+        screens = [o["edit_on_greenscreen"] for o in outputs]
+        # the random draws first, in the reference's order (text rows, then each image's views, term by term);
+        # then all views at once
+        with Draws(g) as draws:
+            plan = ViewPlan(draws, self.n_aug, self.augment, self.guide.legacy_resize)
+            if "composition" in weights:
+                composition = (self.comp_e[self._rows(draws, self.comp_e)], [plan.add(c) for c in composites])
+            if "direction" in weights:
+                n = min(len(self.src_e), len(self.comp_e))
+                idx = pick_rows(draws, n).to(self.src_e.device)
+                pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
+                direction = (self.comp_e[idx] - self.src_e[idx], pairs)
+            if "screen" in weights:
+                screen = (self.screen_e[self._rows(draws, self.screen_e)], [plan.add(s) for s in screens])
+        embeddings = self.guide.embed_plan(plan)
+
         terms: dict[str, torch.Tensor] = {}
         if "bootstrap" in weights:
             terms["bootstrap"] = self.bootstrap_loss([o["alpha"] for o in outputs], inputs)
         if "structure" in weights:
             terms["structure"] = self.structure_loss(inputs, composites)
         if "composition" in weights:
-            terms["composition"] = self.clip_loss(composites, self.comp_e, g)
+            terms["composition"] = self.text_loss([embeddings[i] for i in composition[1]], composition[0])
         if "direction" in weights:
-            terms["direction"] = self.direction_loss(inputs, composites, g)
+            views = [(embeddings[i], embeddings[o]) for i, o in direction[1]]
+            terms["direction"] = self.direction_term(views, direction[0])
         if "sparsity" in weights:
             l1, l0 = sparsity_terms([o["alpha"] for o in outputs])
             terms["sparsity"] = self.lambda_alpha_l1 * l1 + self.lambda_alpha_l0 * l0
             terms["sparsity_l1"], terms["sparsity_l0"] = l1, l0
         if "screen" in weights:
-            terms["screen"] = self.clip_loss([o["edit_on_greenscreen"] for o in outputs], self.screen_e, g)
+            terms["screen"] = self.text_loss([embeddings[i] for i in screen[1]], screen[0])
         total = sum((weights[name] * terms[name] for name in weights), torch.zeros((), device=self.src_e.device))
         return {**terms, "total": total}
 
+    @staticmethod
+    def _rows(g: torch.Generator | Draws, targets: torch.Tensor) -> torch.Tensor:
+        return pick_rows(g, len(targets)).to(targets.device)
+
+    def text_loss(self, embeddings: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """Criterion between the view embeddings of each image and each of the picked text rows, averaged."""
+        loss = 0.0
+        for image_embeddings in embeddings:
+            for row in rows:
+                loss = loss + self.criterion(image_embeddings, row[None])
+        return loss / (len(embeddings) * len(rows))
+
+    def direction_term(
+        self, views: Sequence[tuple[torch.Tensor, torch.Tensor]], directions: torch.Tensor
+    ) -> torch.Tensor:
+        """``1 - cos(E(composite views) - E(input views), direction)`` over the images and the picked directions."""
+        loss = 0.0
+        for in_e, out_e in views:
+            for direction in directions:
+                loss = loss + 1 - F.cosine_similarity(out_e - in_e, direction[None], dim=-1).mean()
+        return loss / (len(views) * len(directions))
+
     def clip_loss(self, images: Sequence[torch.Tensor], targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Criterion between the views of each image and a random subset of the target text rows."""
-        rows = targets[pick_rows(g, len(targets)).to(targets.device)]
-        loss = 0.0
-        for image in images:
-            embeddings = self.guide.embed_views(image, self.n_aug, g, self.augment)
-            for row in rows:
-                loss = loss + self.criterion(embeddings, row[None])
-        return loss / (len(images) * len(rows))
+        rows = targets[self._rows(g, targets)]
+        plan = ViewPlan(g, self.n_aug, self.augment, self.guide.legacy_resize)
+        ids = [plan.add(image) for image in images]
+        embeddings = self.guide.embed_plan(plan)
+        return self.text_loss([embeddings[i] for i in ids], rows)
 
     def direction_loss(
         self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor], g: torch.Generator
@@ -228,14 +268,11 @@ class LossStack(nn.Module):
         """``1 - cos(E(composite views) - E(input views), comp row - src row)`` over random paired rows."""
         n = min(len(self.src_e), len(self.comp_e))
         idx = pick_rows(g, n).to(self.src_e.device)
-        directions = self.comp_e[idx] - self.src_e[idx]
-        loss = 0.0
-        for image, composite in zip(inputs, composites, strict=True):
-            in_e = self.guide.embed_views(image, self.n_aug, g, self.augment)
-            out_e = self.guide.embed_views(composite, self.n_aug, g, self.augment)
-            for direction in directions:
-                loss = loss + 1 - F.cosine_similarity(out_e - in_e, direction[None], dim=-1).mean()
-        return loss / (len(inputs) * len(directions))
+        plan = ViewPlan(g, self.n_aug, self.augment, self.guide.legacy_resize)
+        pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
+        embeddings = self.guide.embed_plan(plan)
+        views = [(embeddings[i], embeddings[o]) for i, o in pairs]
+        return self.direction_term(views, self.comp_e[idx] - self.src_e[idx])
 
     def structure_loss(self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor]) -> torch.Tensor:
         """MSE between the CLIP self-similarities of each composite and its input (target without grad)."""

@@ -2,16 +2,28 @@
 
 All randomness is drawn from an explicit ``torch.Generator`` so that a step is a pure function of its seed.
 The distributions are those of the reference's torchvision pipeline (SPEC section 2).
+
+A view is made in two phases. :meth:`ViewAugment.draw` makes the random draws of one view, in the reference's
+order, and returns them as :class:`ViewParams`; :func:`render_views` then builds any number of views of the same
+shape at once: one resize per crop (crops differ in size), then each change as one batched operation over the
+views that have it (a warp with one sampling grid per view, the colour changes with one factor per view).
+
+The colour changes and the warps compute exactly the values of torchvision's tensor functions (the same
+floating-point operations in the same order, so the same bits) and the same gradients, but select with float
+masks instead of boolean ones and clamp through :func:`clamp01`, whose backward needs no ``where``: on the CPU,
+boolean tensors make torchvision's versions several times slower than their arithmetic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from torchvision.transforms import InterpolationMode
+
+from text2live.draws import Draws
 
 
 def resized_shape(h: int, w: int, size: int, max_size: int | None = None) -> tuple[int, int]:
@@ -46,16 +58,339 @@ def resize_shorter(x: torch.Tensor, size: int, max_size: int | None = None, lega
     return resize(x, resized_shape(h, w, size, max_size), legacy)
 
 
-def rand_uniform(g: torch.Generator, low: float, high: float) -> float:
+Source = torch.Generator | Draws  # where a draw comes from: a generator, or the Python draws of one
+
+
+def rand_uniform(g: Source, low: float, high: float) -> float:
+    if isinstance(g, Draws):
+        return g.uniform(low, high)
     return float(torch.empty(1).uniform_(low, high, generator=g).item())
 
 
-def rand_int(g: torch.Generator, low: int, high: int) -> int:
+def rand_int(g: Source, low: int, high: int) -> int:
+    if isinstance(g, Draws):
+        return g.randint(low, high)
     return int(torch.randint(low, high, (1,), generator=g).item())
 
 
-def rand_chance(g: torch.Generator, p: float) -> bool:
+def rand_chance(g: Source, p: float) -> bool:
+    if isinstance(g, Draws):
+        return g.rand() < p
     return bool(torch.rand(1, generator=g).item() < p)
+
+
+def rand_perm(g: Source, n: int) -> list[int]:
+    if isinstance(g, Draws):
+        return g.randperm(n)
+    return torch.randperm(n, generator=g).tolist()
+
+
+# exact, fast colour operations -----------------------------------------------------------------------------------
+
+
+def _clamp_passes_bounds() -> bool:
+    """Whether autograd's clamp lets the gradient through at a value equal to a bound (torch versions differ)."""
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    (grad,) = torch.autograd.grad(x.clamp(0.0, 1.0).sum(), x)
+    return bool(grad.sum() > 0)
+
+
+_CLAMP_PASSES_BOUNDS = _clamp_passes_bounds()
+
+
+class _Clamp01(torch.autograd.Function):
+    """``x.clamp(0, 1)`` with autograd's gradient, computed from float masks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clamp(0.0, 1.0)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, y = ctx.saved_tensors
+        if _CLAMP_PASSES_BOUNDS:  # inside [0, 1], bounds included: wherever clamping changed nothing
+            return grad * (1.0 - (x - y).abs_().clamp_(max=1.0).ceil_())
+        return grad * (y.ceil() - y.floor())  # strictly inside (0, 1)
+
+
+def clamp01(x: torch.Tensor) -> torch.Tensor:
+    """``x.clamp(0, 1)``, the same values and gradient."""
+    return _Clamp01.apply(x) if x.requires_grad else x.clamp(0.0, 1.0)
+
+
+def _mask(op, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """``op(a, b)`` (a comparison) as a float tensor of 0 and 1, outside autograd."""
+    if torch.is_grad_enabled():
+        a = a.detach()
+        b = b.detach() if isinstance(b, torch.Tensor) else b
+    shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, torch.Tensor) else a.shape
+    return op(a, b, out=torch.empty(shape, dtype=a.dtype, device=a.device))
+
+
+def _factors(values: float | list[float], like: torch.Tensor) -> float | torch.Tensor:
+    """A factor per image of a batch [N, C, H, W] (shape [N, 1, 1, 1]), or one Python float for all."""
+    if isinstance(values, (int, float)):
+        return float(values)
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1, 1)
+
+
+def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch.Tensor:
+    """torchvision's ``_blend``: ``clamp(ratio * a + (1 - ratio) * b, 0, 1)``, ``1 - ratio`` taken in double
+    precision as torchvision does with a Python float."""
+    complement = 1.0 - ratio if isinstance(ratio, (int, float)) else [1.0 - r for r in ratio]
+    return clamp01(_factors(ratio, a) * a + _factors(complement, a) * b)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """Luma [N, 1, H, W] of RGB images (torchvision's weights)."""
+    r, g, b = x.unbind(dim=-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(dim=-3)
+
+
+def adjust_brightness(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
+    return blend(x, torch.zeros_like(x), factor)
+
+
+def adjust_contrast(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
+    return blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
+    return blend(x, grayscale(x), factor)
+
+
+_SECTOR_OFFSETS = (0.0, 4.0, 2.0)  # red, green and blue read the HSV sector table shifted by these
+
+
+@lru_cache(maxsize=8)
+def _sector_offsets(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_SECTOR_OFFSETS, dtype=dtype, device=device).view(3, 1, 1)
+
+
+def _inside(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clamp(pre, 0, 1)`` and the float mask of where autograd's clamp lets the gradient through."""
+    y = pre.clamp(0.0, 1.0)
+    if _CLAMP_PASSES_BOUNDS:
+        return torch.sub(pre, y).abs_().clamp_(max=1.0).ceil_().neg_().add_(1.0), y
+    return torch.ceil(y).sub_(torch.floor(y)), y
+
+
+def _first_of(r: torch.Tensor, g: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Float masks of the first of the channels r, g, b that equals ``value`` (as ``torch.max(dim=)`` picks)."""
+    is_r = _mask(torch.eq, r, value)
+    is_g = _mask(torch.eq, g, value).mul_(1.0 - is_r)
+    return is_r, is_g, (1.0 - is_r).sub_(is_g)
+
+
+class _Hue(torch.autograd.Function):
+    """torchvision's ``adjust_hue`` (RGB to HSV, shift the hue, back to RGB) with a hand-written backward.
+
+    The forward computes torchvision's values with the same floating-point operations, selecting with float masks
+    (``sum(mask_i * value_i)`` with one mask equal to 1 is exact). The backward is the derivative of torchvision's
+    graph as autograd takes it: the maximum and minimum route their gradient to the first channel that attains
+    them (``torch.max(dim=)``), a clamp passes it only where autograd's clamp does, the hue's ``floor`` and
+    modulo pass none through their integer part. It agrees with autograd on torchvision's function to float32
+    rounding (tests/test_views.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, hue: float | torch.Tensor) -> torch.Tensor:
+        r, g, b = x.unbind(-3)
+        v = torch.maximum(torch.maximum(r, g), b)
+        m = torch.minimum(torch.minimum(r, g), b)
+        is_r, is_g, is_b = _first_of(r, g, v)
+        grey = _mask(torch.eq, v, m)
+        coloured = 1.0 - grey
+        cr = v - m
+        den = (v * coloured).add_(grey)  # torch.where(grey, 1, v)
+        s = cr / den
+        crd = (cr * coloured).add_(grey)  # torch.where(grey, 1, cr)
+        rc = (v - r).div_(crd)
+        gc = (v - g).div_(crd)
+        bc = (v - b).div_(crd)
+        # the hue in sixths, without its branch constant (for the backward) and with it
+        hc = (bc - gc).mul_(is_r).add_((rc - bc).mul_(is_g)).add_((gc - rc).mul_(is_b))
+        h = (bc - gc).mul_(is_r).add_((2.0 + rc).sub_(bc).mul_(is_g)).add_((4.0 + gc).sub_(rc).mul_(is_b))
+        h.div_(6.0).add_(1.0)
+        h.sub_(torch.floor(h)).add_(hue)  # fmod(h, 1) of h >= 0, exact; then the shift
+        h.sub_(torch.floor(h)).mul_(6.0)  # h % 1, exact; then in sixths
+        i = torch.floor(h)
+        f = h.sub_(i)
+        one_f = 1.0 - f
+        a_p = 1.0 - s
+        a_q = (s * f).neg_().add_(1.0)
+        a_t = (s * one_f).neg_().add_(1.0)
+        in_p, p = _inside(v * a_p)
+        in_q, q = _inside(v * a_q)
+        in_t, t = _inside(v * a_t)
+        k = i.unsqueeze(-3) + _sector_offsets(x.dtype, x.device)
+        k.sub_(torch.floor(k / 6.0).mul_(6.0))  # each channel's sector, 0..5
+        pick_q, pick_t = _mask(torch.eq, k, 1.0), _mask(torch.eq, k, 4.0)
+        pick_p = _mask(torch.eq, k, 2.0).add_(_mask(torch.eq, k, 3.0))
+        pick_v = (1.0 - pick_q).sub_(pick_t).sub_(pick_p)
+        out = v.unsqueeze(-3) * pick_v
+        out.add_(q.unsqueeze(-3) * pick_q).add_(p.unsqueeze(-3) * pick_p).add_(t.unsqueeze(-3) * pick_t)
+        lo_r, lo_g, lo_b = _first_of(r, g, m)
+        ctx.save_for_backward(
+            v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
+            in_p, in_q, in_t, pick_v, pick_q, pick_p, pick_t,
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
+         in_p, in_q, in_t, pick_v, pick_q, pick_p, pick_t) = ctx.saved_tensors  # fmt: skip
+        g_v = (grad * pick_v).sum(-3)
+        g_p = (grad * pick_p).sum(-3).mul_(in_p)
+        g_q = (grad * pick_q).sum(-3).mul_(in_q)
+        g_t = (grad * pick_t).sum(-3).mul_(in_t)
+        g_v.add_(g_p * a_p).add_(g_q * a_q).add_(g_t * a_t)
+        g_s = (g_q * f).add_(g_t * one_f).add_(g_p).mul_(v).neg_()
+        d = g_t.sub_(g_q).mul_(v).mul_(s).div_(crd)  # the hue's gradient over crd
+        g_cr = (d * hc).neg_().mul_(coloured).add_(g_s / den)
+        g_v.add_((g_s * cr).div_(den).div_(den).neg_().mul_(coloured)).add_(g_cr)
+        g_m = g_cr.neg_()
+        # the hue reads two channels directly: +d where a channel is subtracted, -d where it is added
+        g_r = (is_r * g_v).add_(lo_r * g_m).add_((is_b - is_g).mul_(d))
+        g_g = (is_g * g_v).add_(lo_g * g_m).add_((is_r - is_b).mul_(d))
+        g_b = (is_b * g_v).add_(lo_b * g_m).add_((is_g - is_r).mul_(d))
+        return torch.stack((g_r, g_g, g_b), -3), None
+
+
+def adjust_hue(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` of RGB images [N, 3, H, W] in [0, 1]: the same values and, to float32
+    rounding, the same gradient (see :class:`_Hue`)."""
+    hue = _factors(factor, x)
+    if isinstance(hue, torch.Tensor):
+        hue = hue.view(-1, 1, 1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Hue.apply(x, hue)
+    with torch.no_grad():
+        return _Hue.forward(_NoContext(), x, hue)
+
+
+class _NoContext:
+    """Stands in for autograd's context when :class:`_Hue` runs without a graph."""
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        pass
+
+
+_COLOUR_CHANGES = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+# warps -------------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def _base_grid(oh: int, ow: int, centred: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1, H * W, 3] pixel centres (x, y, 1) as torchvision's grid generators lay them out: from the image centre
+    (``centred``, affine) or from its corner (perspective)."""
+    x0, y0 = (-ow * 0.5 + 0.5, -oh * 0.5 + 0.5) if centred else (0.5, 0.5)
+    grid = torch.empty(1, oh, ow, 3, dtype=dtype, device=device)
+    grid[..., 0].copy_(torch.linspace(x0, x0 + ow - 1.0, steps=ow, device=device))
+    grid[..., 1].copy_(torch.linspace(y0, y0 + oh - 1.0, steps=oh, device=device).unsqueeze_(-1))
+    grid[..., 2].fill_(1)
+    return grid.view(1, oh * ow, 3)
+
+
+def _affine_grids(draws: list[tuple[float, int, int]], shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """Sampling grids [N, H, W, 2] of ``TF.affine(angle, (dx, dy), scale 1, shear 0)``, one per draw."""
+    oh, ow = shape
+    matrices = [
+        TF._get_inverse_affine_matrix([0.0, 0.0], a, [float(dx), float(dy)], 1.0, [0.0, 0.0]) for a, dx, dy in draws
+    ]
+    theta = torch.tensor(matrices, dtype=like.dtype, device=like.device).view(-1, 2, 3)
+    scale = torch.tensor([0.5 * ow, 0.5 * oh], dtype=like.dtype, device=like.device)
+    base = _base_grid(oh, ow, True, like.dtype, like.device).expand(len(draws), -1, -1)
+    return base.bmm(theta.transpose(1, 2) / scale).view(-1, oh, ow, 2)
+
+
+def _perspective_coeffs(start: list[list[int]], ends: list[list[list[int]]]) -> list[list[float]]:
+    """``TF._get_perspective_coeffs(start, end)`` for each end, in one batched double-precision least-squares solve
+    (the same LAPACK driver, so the same float32 coefficients)."""
+    rows = []
+    for end in ends:
+        a = []
+        for (x, y), (u, v) in zip(end, start, strict=True):
+            a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+            a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rows.append(a)
+    a_matrix = torch.tensor(rows, dtype=torch.float64)
+    b_matrix = torch.tensor([[c for point in start for c in point]] * len(ends), dtype=torch.float64).unsqueeze(-1)
+    return torch.linalg.lstsq(a_matrix, b_matrix, driver="gels").solution.squeeze(-1).to(torch.float32).tolist()
+
+
+def _perspective_grids(ends: list[list[list[int]]], shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """Sampling grids [N, H, W, 2] of ``TF.perspective`` from the corners to each ``end``."""
+    oh, ow = shape
+    coeffs = _perspective_coeffs([[0, 0], [ow - 1, 0], [ow - 1, oh - 1], [0, oh - 1]], ends)
+    theta1 = torch.tensor([[c[0:3], c[3:6]] for c in coeffs], dtype=like.dtype, device=like.device)
+    theta2 = torch.tensor([[[c[6], c[7], 1.0]] * 2 for c in coeffs], dtype=like.dtype, device=like.device)
+    scale = torch.tensor([0.5 * ow, 0.5 * oh], dtype=like.dtype, device=like.device)
+    base = _base_grid(oh, ow, False, like.dtype, like.device).expand(len(ends), -1, -1)
+    grid = base.bmm(theta1.transpose(1, 2) / scale) / base.bmm(theta2.transpose(1, 2)) - 1.0
+    return grid.view(-1, oh, ow, 2)
+
+
+def warp(x: torch.Tensor, grids: torch.Tensor, fill: float) -> torch.Tensor:
+    """Bilinear sampling of each image [N, C, H, W] at its grid, points outside filled with ``fill`` the way
+    torchvision does (a sampled mask channel blends the fill in; it needs no gradient, so it is sampled apart)."""
+    out = F.grid_sample(x, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
+    with torch.no_grad():  # sampling is per channel: the mask channel alone gives the same values
+        ones = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        mask = F.grid_sample(ones, grids, mode="bilinear", padding_mode="zeros", align_corners=False).expand_as(out)
+        fill_img = torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device).expand_as(out)
+        filled = (1.0 - mask) * fill_img
+    return out * mask + filled
+
+
+# the random draws ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ViewParams:
+    """The random draws of one view: its crop ``(top, left, height, width)`` (None: the whole image), a
+    horizontal flip, an affine warp ``(angle, dx, dy)``, a perspective warp (the corners' destinations), a colour
+    jitter ``(order, brightness, contrast, saturation, hue)`` and greyscale; None where a change is not drawn."""
+
+    box: tuple[int, int, int, int] | None
+    flip: bool
+    affine: tuple[float, int, int] | None
+    perspective: list[list[int]] | None
+    jitter: tuple[list[int], float, float, float, float] | None
+    gray: bool
+
+
+def draw_jitter(g: Source, strength: float) -> tuple[list[int], float, float, float, float]:
+    """torchvision's ColorJitter(strength x 4) draws: the order of the four changes and their factors."""
+    order = rand_perm(g, 4)
+    brightness = rand_uniform(g, 1 - strength, 1 + strength)
+    contrast = rand_uniform(g, 1 - strength, 1 + strength)
+    saturation = rand_uniform(g, 1 - strength, 1 + strength)
+    hue = rand_uniform(g, -strength, strength)
+    return order, brightness, contrast, saturation, hue
+
+
+def apply_jitter(x: torch.Tensor, draws: list[tuple[list[int], float, float, float, float]]) -> torch.Tensor:
+    """The colour jitter of each image of ``x`` [N, 3, H, W] with its own draws, one batched change at a time."""
+    views = list(x.split(1))
+    for position in range(4):
+        for op, change in enumerate(_COLOUR_CHANGES):
+            rows = [i for i, (order, *_) in enumerate(draws) if order[position] == op]
+            _apply(views, rows, lambda v, op=op, change=change, rows=rows: change(v, [draws[i][1 + op] for i in rows]))
+    return torch.cat(views)
+
+
+def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.1) -> torch.Tensor:
+    """torchvision's ColorJitter(strength x 4): the four changes in a random order."""
+    order, *factors = draw_jitter(g, strength)
+    for op in order:
+        x = _COLOUR_CHANGES[op](x, factors[op])
+    return x
 
 
 @dataclass
@@ -73,54 +408,113 @@ class ViewAugment:
     grayscale_p: float = 0.15
     fill: float = 1.0
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        fill = [float(self.fill)] * x.shape[1]
-        if rand_chance(g, self.flip_p):
-            x = x.flip(-1)
+    def draw(self, g: Source, h: int, w: int, box: tuple[int, int, int, int] | None = None) -> ViewParams:
+        """The draws of one view of shape ``(h, w)``, in the reference's order."""
+        flip = rand_chance(g, self.flip_p)
+        affine = None
         if rand_chance(g, self.affine_p):
             angle = rand_uniform(g, -self.degrees, self.degrees)
             max_dx, max_dy = self.translate * w, self.translate * h
-            shift = [round(rand_uniform(g, -max_dx, max_dx)), round(rand_uniform(g, -max_dy, max_dy))]
-            x = TF.affine(x, angle, shift, 1.0, [0.0, 0.0], InterpolationMode.BILINEAR, fill)
-        if rand_chance(g, self.perspective_p):
-            start, end = _perspective_points(g, w, h, self.distortion)
-            x = TF.perspective(x, start, end, InterpolationMode.BILINEAR, fill)
-        if rand_chance(g, self.jitter_p):
-            x = color_jitter(x, g, self.jitter)
-        if rand_chance(g, self.grayscale_p):
-            x = TF.rgb_to_grayscale(x, num_output_channels=3)
-        return x
+            affine = (angle, round(rand_uniform(g, -max_dx, max_dx)), round(rand_uniform(g, -max_dy, max_dy)))
+        perspective = _perspective_points(g, w, h, self.distortion) if rand_chance(g, self.perspective_p) else None
+        jitter = draw_jitter(g, self.jitter) if rand_chance(g, self.jitter_p) else None
+        return ViewParams(box, flip, affine, perspective, jitter, rand_chance(g, self.grayscale_p))
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """One augmented view of ``x`` [1, 3, H, W]."""
+        params = self.draw(g, *x.shape[-2:])
+        return render_views([(x, [params])], tuple(x.shape[-2:]), self.fill)[0]
 
 
-def _perspective_points(g: torch.Generator, w: int, h: int, d: float) -> tuple[list, list]:
+def _perspective_points(g: torch.Generator, w: int, h: int, d: float) -> list[list[int]]:
     half_h, half_w = h // 2, w // 2
     dx, dy = int(d * half_w), int(d * half_h)
     top_left = [rand_int(g, 0, dx + 1), rand_int(g, 0, dy + 1)]
     top_right = [rand_int(g, w - dx - 1, w), rand_int(g, 0, dy + 1)]
     bot_right = [rand_int(g, w - dx - 1, w), rand_int(g, h - dy - 1, h)]
     bot_left = [rand_int(g, 0, dx + 1), rand_int(g, h - dy - 1, h)]
-    start = [[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]]
-    return start, [top_left, top_right, bot_right, bot_left]
+    return [top_left, top_right, bot_right, bot_left]
 
 
-def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.1) -> torch.Tensor:
-    """torchvision's ColorJitter(strength x 4): the four changes in a random order."""
-    order = torch.randperm(4, generator=g).tolist()
-    brightness = rand_uniform(g, 1 - strength, 1 + strength)
-    contrast = rand_uniform(g, 1 - strength, 1 + strength)
-    saturation = rand_uniform(g, 1 - strength, 1 + strength)
-    hue = rand_uniform(g, -strength, strength)
-    for op in order:
-        if op == 0:
-            x = TF.adjust_brightness(x, brightness)
-        elif op == 1:
-            x = TF.adjust_contrast(x, contrast)
-        elif op == 2:
-            x = TF.adjust_saturation(x, saturation)
-        else:
-            x = TF.adjust_hue(x, hue)
-    return x
+def view_shape(hw: tuple[int, int], size: int = 224, max_size: int = 320, legacy: bool = True) -> tuple[int, int]:
+    """The shape of the CLIP views of an ``hw`` image (that of :func:`resize_shorter`)."""
+    h, w = hw
+    return (h, w) if legacy and min(h, w) == size else resized_shape(h, w, size, max_size)
+
+
+def draw_views(
+    g: Source,
+    hw: tuple[int, int],
+    n_views: int,
+    augment: ViewAugment,
+    size: int = 224,
+    max_size: int = 320,
+    legacy: bool = True,
+) -> tuple[tuple[int, int], list[ViewParams]]:
+    """The shape and the random draws of the ``n_views`` CLIP views of an ``hw`` image.
+
+    View 1 is the whole image resized (shorter side ``size``, longer side at most ``max_size``); the others
+    are random crops of ``s * (H, W)``, ``s ~ U(0.6, 1)``, resized to view 1's shape. Every view then gets its own
+    random augmentation. The draws come in the reference's order: view 1's augmentation, then for each further
+    view its crop and its augmentation.
+    """
+    h, w = hw
+    shape = view_shape(hw, size, max_size, legacy)
+    params = [augment.draw(g, *shape)]
+    for _ in range(n_views - 1):
+        s = rand_uniform(g, 0.6, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        top, left = rand_int(g, 0, h - ch + 1), rand_int(g, 0, w - cw + 1)
+        params.append(augment.draw(g, *shape, box=(top, left, ch, cw)))
+    return shape, params
+
+
+# building views in batches -----------------------------------------------------------------------------------------
+
+
+def _apply(views: list[torch.Tensor], rows: list[int], change) -> None:
+    """Replace ``views[i]`` for ``i`` in ``rows`` by the rows of ``change(their concatenation)``."""
+    if not rows:
+        return
+    changed = change(torch.cat([views[i] for i in rows]))
+    for i, view in zip(rows, changed.split(1), strict=True):
+        views[i] = view
+
+
+def render_views(
+    requests: list[tuple[torch.Tensor, list[ViewParams]]],
+    shape: tuple[int, int],
+    fill: float = 1.0,
+    legacy: bool = True,
+) -> list[torch.Tensor]:
+    """The views [len(params), 3, *shape] of each ``(image [1, 3, H, W], params)`` request, all of one shape.
+
+    Each view is cropped and resized on its own; every later change runs once over all the views (of every
+    request) that drew it. The values are those of building each view on its own with torchvision's functions.
+    """
+    views: list[torch.Tensor] = []
+    params: list[ViewParams] = []
+    for x, view_params in requests:
+        h, w = x.shape[-2:]
+        for p in view_params:
+            top, left, ch, cw = p.box if p.box is not None else (0, 0, h, w)
+            view = resize(x[..., top : top + ch, left : left + cw], shape, legacy)
+            views.append(view.flip(-1) if p.flip else view)
+            params.append(p)
+    like = views[0]
+    rows = [i for i, p in enumerate(params) if p.affine is not None]
+    _apply(views, rows, lambda v: warp(v, _affine_grids([params[i].affine for i in rows], shape, like), fill))
+    rows = [i for i, p in enumerate(params) if p.perspective is not None]
+    _apply(views, rows, lambda v: warp(v, _perspective_grids([params[i].perspective for i in rows], shape, like), fill))
+    rows = [i for i, p in enumerate(params) if p.jitter is not None]
+    _apply(views, rows, lambda v: apply_jitter(v, [params[i].jitter for i in rows]))
+    rows = [i for i, p in enumerate(params) if p.gray]
+    _apply(views, rows, lambda v: grayscale(v).expand(v.shape))
+    out, start = [], 0
+    for _, view_params in requests:
+        out.append(torch.cat(views[start : start + len(view_params)]))
+        start += len(view_params)
+    return out
 
 
 def clip_views(
@@ -132,20 +526,45 @@ def clip_views(
     max_size: int = 320,
     legacy: bool = True,
 ) -> torch.Tensor:
-    """The ``n_views`` augmented views of one image [1, 3, H, W] that CLIP embeds.
+    """The ``n_views`` augmented views [n_views, 3, h, w] of one image [1, 3, H, W] (see :func:`draw_views`)."""
+    shape, params = draw_views(g, tuple(x.shape[-2:]), n_views, augment, size, max_size, legacy)
+    return render_views([(x, params)], shape, augment.fill, legacy)[0]
 
-    View 1 is the whole image resized (shorter side ``size``, longer side at most ``max_size``); the others
-    are random crops of ``s * (H, W)``, ``s ~ U(0.6, 1)``, resized to view 1's shape. Every view then gets
-    its own random augmentation.
+
+class ViewPlan:
+    """The CLIP views of a training step, drawn first and built afterwards.
+
+    :meth:`add` makes the random draws of an image's views at once, so a step's draws keep the reference's order
+    (text rows and views interleaved as the loss terms ask for them); :meth:`render` then builds the views of all
+    images of one shape together, those that need a gradient apart from those that do not (a batched operation
+    computes the gradient of every row it holds).
+
+    Args:
+        g: the step's generator, or :class:`~text2live.draws.Draws` of it.
+        n_views: views per image.
+        augment: their augmentation.
+        legacy: resize without antialiasing, as the reference (see :func:`resize`).
     """
-    first = resize_shorter(x, size, max_size, legacy)
-    shape = tuple(first.shape[-2:])
-    views = [augment(first, g)]
-    h, w = x.shape[-2:]
-    for _ in range(n_views - 1):
-        s = rand_uniform(g, 0.6, 1.0)
-        ch, cw = int(h * s), int(w * s)
-        top, left = rand_int(g, 0, h - ch + 1), rand_int(g, 0, w - cw + 1)
-        crop = x[..., top : top + ch, left : left + cw]
-        views.append(augment(resize(crop, shape, legacy), g))
-    return torch.cat(views)
+
+    def __init__(self, g: Source, n_views: int, augment: ViewAugment, legacy: bool = True) -> None:
+        self.g, self.n_views, self.augment, self.legacy = g, n_views, augment, legacy
+        self.requests: list[tuple[torch.Tensor, tuple[int, int], list[ViewParams]]] = []
+
+    def add(self, image: torch.Tensor) -> int:
+        """Draw the views of ``image`` [1, 3, H, W]; returns their index in :meth:`render`'s list."""
+        shape, params = draw_views(self.g, tuple(image.shape[-2:]), self.n_views, self.augment, legacy=self.legacy)
+        self.requests.append((image, shape, params))
+        return len(self.requests) - 1
+
+    def groups(self) -> list[list[int]]:
+        """The requests that are built (and embedded) together: same view shape, same need of a gradient."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (image, shape, _) in enumerate(self.requests):
+            groups.setdefault((shape, image.requires_grad), []).append(i)
+        return list(groups.values())
+
+    def render(self, members: list[int]) -> torch.Tensor:
+        """The views [len(members) * n_views, 3, h, w] of the requests ``members`` (one of :meth:`groups`)."""
+        shape = self.requests[members[0]][1]
+        requests = [(self.requests[i][0], self.requests[i][2]) for i in members]
+        return torch.cat(render_views(requests, shape, self.augment.fill, self.legacy))
