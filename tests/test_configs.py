@@ -387,7 +387,7 @@ def test_train_defaults_leave_the_inputs_to_the_user():
     cfg = compose_config([])
     for key in ("image_path", "comp_text", "src_text", "screen_text"):
         assert OmegaConf.is_missing(cfg, key)
-    assert cfg.clip.name == "ViT-B/32" and cfg.optim.optimizer._target_ == "madgrad.MADGRAD"
+    assert cfg.clip.name == "ViT-B/32" and cfg.optim.optimizer._target_ == "text2live.optim.MADGRAD"
     assert cfg.steps == 1000 and cfg.seed == 0
     assert cfg.run_dir == "outputs/adhoc/seed0"
 

@@ -18,7 +18,19 @@ ROOT = PACKAGE.parent
 
 # The method: generator, CLIP guide, views, losses, data, the Lightning systems, NLA, metrics and their helpers.
 CORE = (
-    *("generator", "clip_guide", "views", "draws", "losses", "data", "loader", "system", "video_system", "video_data"),
+    *(
+        "generator",
+        "clip_guide",
+        "views",
+        "draws",
+        "optim",
+        "losses",
+        "data",
+        "loader",
+        "system",
+        "video_system",
+        "video_data",
+    ),
     *("nla", "metrics", "io", "callbacks", "errors", "files", "config", "checkpoints"),
 )
 # What the core must never import: the layers built on it.

@@ -70,11 +70,17 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
+# Classes that compute the same thing under another name: a run folder written with the first resumes with the second.
+SAME_TARGETS = {"madgrad.MADGRAD": "text2live.optim.MADGRAD"}
+
+
 def _semantic(cfg: dict, prefix: str = "") -> dict:
     kept = {}
     for key, value in cfg.items():
         if is_result_neutral(f"{prefix}{key}"):
             continue
+        if key == "_target_" and isinstance(value, str):
+            value = SAME_TARGETS.get(value, value)
         kept[key] = _semantic(value, f"{prefix}{key}.") if isinstance(value, dict) else value
     return kept
 
