@@ -237,22 +237,19 @@ class LossStack(nn.Module):
         return pick_rows(g, len(targets)).to(targets.device)
 
     def text_loss(self, embeddings: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        """Criterion between the view embeddings of each image and each of the picked text rows, averaged."""
-        loss = 0.0
-        for image_embeddings in embeddings:
-            for row in rows:
-                loss = loss + self.criterion(image_embeddings, row[None])
-        return loss / (len(embeddings) * len(rows))
+        """Criterion between the view embeddings of each image and each of the picked text rows, averaged.
+
+        One broadcast evaluation over rows x images x views: the mean over all of them is the average, over images
+        and rows, of each pair's mean over views (every pair has as many views).
+        """
+        return self.criterion(torch.stack(list(embeddings))[None], rows[:, None, None])
 
     def direction_term(
         self, views: Sequence[tuple[torch.Tensor, torch.Tensor]], directions: torch.Tensor
     ) -> torch.Tensor:
         """``1 - cos(E(composite views) - E(input views), direction)`` over the images and the picked directions."""
-        loss = 0.0
-        for in_e, out_e in views:
-            for direction in directions:
-                loss = loss + 1 - F.cosine_similarity(out_e - in_e, direction[None], dim=-1).mean()
-        return loss / (len(views) * len(directions))
+        moves = torch.stack([out_e - in_e for in_e, out_e in views])
+        return 1 - F.cosine_similarity(moves[None], directions[:, None, None], dim=-1).mean()
 
     def clip_loss(self, images: Sequence[torch.Tensor], targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Criterion between the views of each image and a random subset of the target text rows."""
