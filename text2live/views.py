@@ -99,21 +99,25 @@ def _clamp_passes_bounds() -> bool:
 _CLAMP_PASSES_BOUNDS = _clamp_passes_bounds()
 
 
+def _clamp_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The gradient autograd's ``x.clamp(0, 1)`` passes back: ``grad`` where the clamp changed nothing, else 0."""
+    if _CLAMP_PASSES_BOUNDS:  # inside [0, 1], bounds included
+        return grad * (1.0 - (x - x.clamp(0.0, 1.0)).abs_().clamp_(max=1.0).ceil_())
+    return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0)  # strictly inside (0, 1): one fused kernel
+
+
 class _Clamp01(torch.autograd.Function):
-    """``x.clamp(0, 1)`` with autograd's gradient, computed from float masks."""
+    """``x.clamp(0, 1)`` with autograd's gradient, without boolean tensors."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = x.clamp(0.0, 1.0)
-        ctx.save_for_backward(x, y)
-        return y
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, 1.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        x, y = ctx.saved_tensors
-        if _CLAMP_PASSES_BOUNDS:  # inside [0, 1], bounds included: wherever clamping changed nothing
-            return grad * (1.0 - (x - y).abs_().clamp_(max=1.0).ceil_())
-        return grad * (y.ceil() - y.floor())  # strictly inside (0, 1)
+        (x,) = ctx.saved_tensors
+        return _clamp_backward(grad, x)
 
 
 def clamp01(x: torch.Tensor) -> torch.Tensor:
@@ -170,14 +174,6 @@ def _sector_offsets(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(_SECTOR_OFFSETS, dtype=dtype, device=device).view(3, 1, 1)
 
 
-def _inside(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``clamp(pre, 0, 1)`` and the float mask of where autograd's clamp lets the gradient through."""
-    y = pre.clamp(0.0, 1.0)
-    if _CLAMP_PASSES_BOUNDS:
-        return torch.sub(pre, y).abs_().clamp_(max=1.0).ceil_().neg_().add_(1.0), y
-    return torch.ceil(y).sub_(torch.floor(y)), y
-
-
 def _first_of(r: torch.Tensor, g: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Float masks of the first of the channels r, g, b that equals ``value`` (as ``torch.max(dim=)`` picks)."""
     is_r = _mask(torch.eq, r, value)
@@ -223,9 +219,8 @@ class _Hue(torch.autograd.Function):
         a_p = 1.0 - s
         a_q = (s * f).neg_().add_(1.0)
         a_t = (s * one_f).neg_().add_(1.0)
-        in_p, p = _inside(v * a_p)
-        in_q, q = _inside(v * a_q)
-        in_t, t = _inside(v * a_t)
+        pre_p, pre_q, pre_t = v * a_p, v * a_q, v * a_t
+        p, q, t = pre_p.clamp(0.0, 1.0), pre_q.clamp(0.0, 1.0), pre_t.clamp(0.0, 1.0)
         k = i.unsqueeze(-3) + _sector_offsets(x.dtype, x.device)
         k.sub_(torch.floor(k / 6.0).mul_(6.0))  # each channel's sector, 0..5
         pick_q, pick_t = _mask(torch.eq, k, 1.0), _mask(torch.eq, k, 4.0)
@@ -236,18 +231,18 @@ class _Hue(torch.autograd.Function):
         lo_r, lo_g, lo_b = _first_of(r, g, m)
         ctx.save_for_backward(
             v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
-            in_p, in_q, in_t, pick_v, pick_q, pick_p, pick_t,
+            pre_p, pre_q, pre_t, pick_v, pick_q, pick_p, pick_t,
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
-         in_p, in_q, in_t, pick_v, pick_q, pick_p, pick_t) = ctx.saved_tensors  # fmt: skip
+         pre_p, pre_q, pre_t, pick_v, pick_q, pick_p, pick_t) = ctx.saved_tensors  # fmt: skip
         g_v = (grad * pick_v).sum(-3)
-        g_p = (grad * pick_p).sum(-3).mul_(in_p)
-        g_q = (grad * pick_q).sum(-3).mul_(in_q)
-        g_t = (grad * pick_t).sum(-3).mul_(in_t)
+        g_p = _clamp_backward((grad * pick_p).sum(-3), pre_p)
+        g_q = _clamp_backward((grad * pick_q).sum(-3), pre_q)
+        g_t = _clamp_backward((grad * pick_t).sum(-3), pre_t)
         g_v.add_(g_p * a_p).add_(g_q * a_q).add_(g_t * a_t)
         g_s = (g_q * f).add_(g_t * one_f).add_(g_p).mul_(v).neg_()
         d = g_t.sub_(g_q).mul_(v).mul_(s).div_(crd)  # the hue's gradient over crd
