@@ -166,14 +166,6 @@ def adjust_saturation(x: torch.Tensor, factor: float | list[float]) -> torch.Ten
     return blend(x, grayscale(x), factor)
 
 
-_SECTOR_OFFSETS = (0.0, 4.0, 2.0)  # red, green and blue read the HSV sector table shifted by these
-
-
-@lru_cache(maxsize=8)
-def _sector_offsets(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(_SECTOR_OFFSETS, dtype=dtype, device=device).view(3, 1, 1)
-
-
 def _first_of(r: torch.Tensor, g: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Float masks of the first of the channels r, g, b that equals ``value`` (as ``torch.max(dim=)`` picks)."""
     is_r = _mask(torch.eq, r, value)
@@ -207,9 +199,9 @@ class _Hue(torch.autograd.Function):
         rc = (v - r).div_(crd)
         gc = (v - g).div_(crd)
         bc = (v - b).div_(crd)
-        # the hue in sixths, without its branch constant (for the backward) and with it
-        hc = (bc - gc).mul_(is_r).add_((rc - bc).mul_(is_g)).add_((gc - rc).mul_(is_b))
+        # the hue in sixths; without its branch constant (to float rounding) for the backward
         h = (bc - gc).mul_(is_r).add_((2.0 + rc).sub_(bc).mul_(is_g)).add_((4.0 + gc).sub_(rc).mul_(is_b))
+        hc = h - (is_g * 2.0).add_(is_b * 4.0)
         h.div_(6.0).add_(1.0)
         h.sub_(torch.floor(h)).add_(hue)  # fmod(h, 1) of h >= 0, exact; then the shift
         h.sub_(torch.floor(h)).mul_(6.0)  # h % 1, exact; then in sixths
@@ -221,28 +213,35 @@ class _Hue(torch.autograd.Function):
         a_t = (s * one_f).neg_().add_(1.0)
         pre_p, pre_q, pre_t = v * a_p, v * a_q, v * a_t
         p, q, t = pre_p.clamp(0.0, 1.0), pre_q.clamp(0.0, 1.0), pre_t.clamp(0.0, 1.0)
-        k = i.unsqueeze(-3) + _sector_offsets(x.dtype, x.device)
-        k.sub_(torch.floor(k / 6.0).mul_(6.0))  # each channel's sector, 0..5
-        pick_q, pick_t = _mask(torch.eq, k, 1.0), _mask(torch.eq, k, 4.0)
-        pick_p = _mask(torch.eq, k, 2.0).add_(_mask(torch.eq, k, 3.0))
-        pick_v = (1.0 - pick_q).sub_(pick_t).sub_(pick_p)
-        out = v.unsqueeze(-3) * pick_v
-        out.add_(q.unsqueeze(-3) * pick_q).add_(p.unsqueeze(-3) * pick_p).add_(t.unsqueeze(-3) * pick_t)
+        # the HSV sector (i == 6 is sector 0), then each channel's value: v, q, p or t by sector
+        m0, m1, m2, m3, m4, m5, m6 = (_mask(torch.eq, i, float(j)) for j in range(7))
+        m0.add_(m6)
+        picks = (  # (v, q, p, t) masks of red, green and blue: R = v q p p t v, G = t v v q p p, B = p p t v v q
+            (m0 + m5, m1, m2 + m3, m4),
+            (m1 + m2, m3, m4 + m5, m0),
+            (m3 + m4, m5, m0 + m1, m2),
+        )
+        out = torch.empty_like(x)
+        for channel, (pick_v, pick_q, pick_p, pick_t) in zip(out.unbind(-3), picks, strict=True):
+            torch.mul(v, pick_v, out=channel).add_(q * pick_q).add_(p * pick_p).add_(t * pick_t)
         lo_r, lo_g, lo_b = _first_of(r, g, m)
         ctx.save_for_backward(
             v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
-            pre_p, pre_q, pre_t, pick_v, pick_q, pick_p, pick_t,
+            pre_p, pre_q, pre_t, *(mask for channel in picks for mask in channel),
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
-         pre_p, pre_q, pre_t, pick_v, pick_q, pick_p, pick_t) = ctx.saved_tensors  # fmt: skip
-        g_v = (grad * pick_v).sum(-3)
-        g_p = _clamp_backward((grad * pick_p).sum(-3), pre_p)
-        g_q = _clamp_backward((grad * pick_q).sum(-3), pre_q)
-        g_t = _clamp_backward((grad * pick_t).sum(-3), pre_t)
+         pre_p, pre_q, pre_t, *masks) = ctx.saved_tensors  # fmt: skip
+        picks = (masks[0:4], masks[4:8], masks[8:12])
+        g_v, g_q, g_p, g_t = (
+            sum(grad_c * channel[k] for grad_c, channel in zip(grad.unbind(-3), picks, strict=True)) for k in range(4)
+        )
+        g_p = _clamp_backward(g_p, pre_p)
+        g_q = _clamp_backward(g_q, pre_q)
+        g_t = _clamp_backward(g_t, pre_t)
         g_v.add_(g_p * a_p).add_(g_q * a_q).add_(g_t * a_t)
         g_s = (g_q * f).add_(g_t * one_f).add_(g_p).mul_(v).neg_()
         d = g_t.sub_(g_q).mul_(v).mul_(s).div_(crd)  # the hue's gradient over crd
