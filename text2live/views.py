@@ -186,6 +186,7 @@ class _Hue(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, hue: float | torch.Tensor) -> torch.Tensor:
+        backward = not isinstance(ctx, _NoContext)  # what only the backward needs is skipped without a graph
         r, g, b = x.unbind(-3)
         v = torch.maximum(torch.maximum(r, g), b)
         m = torch.minimum(torch.minimum(r, g), b)
@@ -201,7 +202,7 @@ class _Hue(torch.autograd.Function):
         bc = (v - b).div_(crd)
         # the hue in sixths; without its branch constant (to float rounding) for the backward
         h = (bc - gc).mul_(is_r).add_((2.0 + rc).sub_(bc).mul_(is_g)).add_((4.0 + gc).sub_(rc).mul_(is_b))
-        hc = h - (is_g * 2.0).add_(is_b * 4.0)
+        hc = h - (is_g * 2.0).add_(is_b * 4.0) if backward else None
         h.div_(6.0).add_(1.0)
         h.sub_(torch.floor(h)).add_(hue)  # fmod(h, 1) of h >= 0, exact; then the shift
         h.sub_(torch.floor(h)).mul_(6.0)  # h % 1, exact; then in sixths
@@ -224,6 +225,8 @@ class _Hue(torch.autograd.Function):
         out = torch.empty_like(x)
         for channel, (pick_v, pick_q, pick_p, pick_t) in zip(out.unbind(-3), picks, strict=True):
             torch.mul(v, pick_v, out=channel).add_(q * pick_q).add_(p * pick_p).add_(t * pick_t)
+        if not backward:
+            return out
         lo_r, lo_g, lo_b = _first_of(r, g, m)
         ctx.save_for_backward(
             v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
@@ -337,9 +340,9 @@ def warp(x: torch.Tensor, grids: torch.Tensor, fill: float) -> torch.Tensor:
     out = F.grid_sample(x, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
     with torch.no_grad():  # sampling is per channel: the mask channel alone gives the same values
         ones = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
-        mask = F.grid_sample(ones, grids, mode="bilinear", padding_mode="zeros", align_corners=False).expand_as(out)
-        fill_img = torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device).expand_as(out)
-        filled = (1.0 - mask) * fill_img
+        mask = F.grid_sample(ones, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
+        fill_img = torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device)
+        filled = (1.0 - mask) * fill_img  # per channel, the products torchvision computes
     return out * mask + filled
 
 
