@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from torch.testing import assert_close
+from torchvision.transforms import InterpolationMode
 
 from text2live import views
 from text2live.views import ViewAugment, clip_views, resize, resize_shorter, resized_shape
@@ -102,3 +104,167 @@ def test_affine_rotation_fills_corners_with_fill_value(fill: float, monkeypatch:
     corners = out[..., [0, 0, -1, -1], [0, -1, 0, -1]]
     assert_close(corners, torch.full_like(corners, fill))
     assert out[0, :, 32, 48].tolist() == pytest.approx([0.5, 0.5, 0.5])  # the centre is untouched
+
+
+# the batched views against torchvision, view by view --------------------------------------------------------------
+
+
+def _hard_image(n: int = 3, h: int = 48, w: int = 64) -> torch.Tensor:
+    """Images with the cases where the branches of the colour changes meet: grey pixels, two channels tied for the
+    maximum or the minimum, values clamped to exactly 0 and 1."""
+    torch.manual_seed(3)
+    x = torch.rand(n, 3, h, w)
+    x[:, :, :6] = x[:, :1, :6]
+    x[:, 1, 6:12] = x[:, 0, 6:12]
+    x[:, 2, 12:18] = x[:, 1, 12:18]
+    x[:, 0, 18:24] = x[:, 2, 18:24]
+    return (x * 1.4 - 0.2).clamp(0, 1)
+
+
+def _reference_and_ours(reference, ours, x: torch.Tensor):
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_a, out_b = reference(a), ours(b)
+    weights = torch.randn_like(out_a)
+    (out_a * weights).sum().backward()
+    (out_b * weights).sum().backward()
+    return out_a, out_b, a.grad, b.grad
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(
+    ("name", "factors"),
+    [
+        ("brightness", [0.9, 1.07, 1.1]),
+        ("contrast", [0.9, 1.07, 1.1]),
+        ("saturation", [0.9, 1.07, 1.1]),
+        ("hue", [-0.1, 0.05, 0.1]),
+        ("hue", [-0.5, 0.0, 0.5]),
+    ],
+)
+def test_colour_changes_equal_torchvision_in_value_and_gradient(name, factors):
+    factors = factors * 3  # nine images: batched reductions must sum as torchvision's reduction of one image
+    tv = {
+        "brightness": TF.adjust_brightness,
+        "contrast": TF.adjust_contrast,
+        "saturation": TF.adjust_saturation,
+        "hue": TF.adjust_hue,
+    }[name]
+    ours = getattr(views, f"adjust_{name}")
+    x = _hard_image(9)
+
+    def reference(images):  # torchvision, one image and one factor at a time
+        return torch.cat([tv(image[None], factor) for image, factor in zip(images, factors, strict=True)])
+
+    out_tv, out, grad_tv, grad = _reference_and_ours(reference, lambda images: ours(images, factors), x)
+    assert torch.equal(out, out_tv)  # the same bits
+    if name == "hue":  # a hand-written backward: float32 rounding of the same derivative
+        assert _relative(grad, grad_tv) < 1e-6
+    else:
+        assert torch.equal(grad, grad_tv)
+
+
+def test_a_mixed_blend_batch_equals_each_change_on_its_own():
+    x = _hard_image()
+    ops, factors = [0, 1, 2], [1.05, 0.93, 1.08]
+    changes = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+
+    def reference(images):
+        return torch.cat([changes[op](image[None], f) for image, op, f in zip(images, ops, factors, strict=True)])
+
+    out_tv, out, grad_tv, grad = _reference_and_ours(reference, lambda v: views.adjust_blends(v, ops, factors), x)
+    assert torch.equal(out, out_tv)
+    assert _relative(grad, grad_tv) < 1e-6  # the gradients of the unused targets add exact zeros, in another order
+
+
+def test_the_hue_change_without_a_graph_gives_the_same_values():
+    x = _hard_image()
+    with torch.no_grad():
+        assert torch.equal(views.adjust_hue(x, [0.07] * 3), TF.adjust_hue(x, 0.07))
+
+
+def test_warps_equal_torchvision_in_value_and_gradient():
+    x = _hard_image(2, 40, 56)
+    shape = (40, 56)
+    affine = [(7.5, 3, -2), (-14.0, -5, 4)]
+    ends = [[[3, 2], [50, 1], [54, 37], [1, 38]], [[0, 6], [55, 0], [48, 39], [7, 33]]]
+
+    def affine_tv(images):
+        return torch.cat(
+            [
+                TF.affine(image[None], a, [dx, dy], 1.0, [0.0, 0.0], InterpolationMode.BILINEAR, [1.0, 1.0, 1.0])
+                for image, (a, dx, dy) in zip(images, affine, strict=True)
+            ]
+        )
+
+    def perspective_tv(images):
+        start = [[0, 0], [55, 0], [55, 39], [0, 39]]
+        return torch.cat(
+            [
+                TF.perspective(image[None], start, end, InterpolationMode.BILINEAR, [0.5, 0.5, 0.5])
+                for image, end in zip(images, ends, strict=True)
+            ]
+        )
+
+    cases = [
+        (affine_tv, lambda v: views.warp(v, views._affine_grids(affine, shape, v), 1.0)),
+        (perspective_tv, lambda v: views.warp(v, views._perspective_grids(ends, shape, v), 0.5)),
+    ]
+    for reference, ours in cases:
+        out_tv, out, grad_tv, grad = _reference_and_ours(reference, ours, x)
+        assert torch.equal(out, out_tv)
+        assert _relative(grad, grad_tv) < 1e-6
+
+
+def _torchvision_view(x: torch.Tensor, p: views.ViewParams, shape, fill: float) -> torch.Tensor:
+    """One view built the reference's way: crop, resize, then torchvision's functions one by one."""
+    if p.box is not None:
+        top, left, h, w = p.box
+        x = x[..., top : top + h, left : left + w]
+    x = resize(x, shape)
+    if p.flip:
+        x = x.flip(-1)
+    fills = [fill] * 3
+    if p.affine is not None:
+        angle, dx, dy = p.affine
+        x = TF.affine(x, angle, [dx, dy], 1.0, [0.0, 0.0], InterpolationMode.BILINEAR, fills)
+    if p.perspective is not None:
+        start = [[0, 0], [shape[1] - 1, 0], [shape[1] - 1, shape[0] - 1], [0, shape[0] - 1]]
+        x = TF.perspective(x, start, p.perspective, InterpolationMode.BILINEAR, fills)
+    if p.jitter is not None:
+        order, *factors = p.jitter
+        changes = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+        for op in order:
+            x = changes[op](x, factors[op])
+    if p.gray:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    return x
+
+
+def test_a_step_of_views_equals_the_views_built_one_by_one_with_torchvision():
+    torch.manual_seed(5)
+    images = [torch.rand(1, 3, 60, 80), torch.rand(1, 3, 60, 80)]
+    plan = views.ViewPlan(torch.Generator().manual_seed(11), 16, ViewAugment(), legacy=True)
+    ids = [plan.add(image) for image in images]
+    (group,) = plan.groups()
+    built = plan.render(group).split(16)
+    drawn = [p for i in ids for p in plan.requests[i][2]]
+    assert {p.jitter is not None for p in drawn} == {True, False}  # every kind of view occurs
+    assert any(p.affine and p.perspective and p.flip for p in drawn)
+    for i, image in zip(ids, images, strict=True):
+        _, shape, params = plan.requests[i]
+        expected = torch.cat([_torchvision_view(image, p, shape, 1.0) for p in params])
+        assert torch.equal(built[i], expected)
+
+
+def test_a_plan_draws_in_the_order_of_its_images_and_groups_by_shape_and_gradient():
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    small, large = torch.rand(1, 3, 60, 80), torch.rand(1, 3, 90, 120).requires_grad_(True)
+    plan = views.ViewPlan(g1, 4, ViewAugment())
+    plan.add(small), plan.add(large), plan.add(small)
+    expected = [views.draw_views(g2, tuple(x.shape[-2:]), 4, ViewAugment()) for x in (small, large, small)]
+    assert [(shape, params) for _, shape, params in plan.requests] == expected
+    assert sorted(plan.groups()) == [[0, 2], [1]]  # the views of both 60 x 80 images are built together
+    assert plan.render([0, 2]).shape == (8, 3, 224, 298)

@@ -158,8 +158,14 @@ def adjust_brightness(x: torch.Tensor, factor: float | list[float]) -> torch.Ten
     return blend(x, torch.zeros_like(x), factor)
 
 
+def _mean_luma(luma: torch.Tensor) -> torch.Tensor:
+    """The mean [N, 1, 1, 1] of each luma image, each reduced on its own: a batched reduction sums in another order
+    (other float rounding) than torchvision's reduction of one image."""
+    return torch.cat([image.mean(dim=(-3, -2, -1), keepdim=True) for image in luma.split(1)])
+
+
 def adjust_contrast(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
-    return blend(x, grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
+    return blend(x, _mean_luma(grayscale(x)), factor)
 
 
 def adjust_saturation(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
@@ -383,7 +389,7 @@ def adjust_blends(x: torch.Tensor, ops: list[int], factors: list[float]) -> torc
     if len(set(ops)) == 1:
         return _COLOUR_CHANGES[ops[0]](x, factors)
     luma = grayscale(x)
-    mean = luma.mean(dim=(-3, -2, -1), keepdim=True)
+    mean = _mean_luma(luma)
     saturation = _factors([float(op == 2) for op in ops], x)
     contrast = _factors([float(op == 1) for op in ops], x)
     return blend(x, luma * saturation + mean * contrast, factors)
