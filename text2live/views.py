@@ -159,9 +159,14 @@ def adjust_brightness(x: torch.Tensor, factor: float | list[float]) -> torch.Ten
 
 
 def _mean_luma(luma: torch.Tensor) -> torch.Tensor:
-    """The mean [N, 1, 1, 1] of each luma image, each reduced on its own: a batched reduction sums in another order
-    (other float rounding) than torchvision's reduction of one image."""
-    return torch.cat([image.mean(dim=(-3, -2, -1), keepdim=True) for image in luma.split(1)])
+    """The mean [N, 1, 1, 1] of each luma image, summed as torchvision's reduction of one image sums it.
+
+    With one CPU thread a batched reduction adds in the same order; with several, the reduction of one image is
+    split between threads differently from that of a batch, so each image is then reduced on its own.
+    """
+    if len(luma) == 1 or luma.device.type != "cpu" or torch.get_num_threads() == 1:
+        return luma.mean(dim=(-3, -2, -1), keepdim=True)
+    return torch.cat([luma[i : i + 1].mean(dim=(-3, -2, -1), keepdim=True) for i in range(len(luma))])
 
 
 def adjust_contrast(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
