@@ -87,6 +87,20 @@ def test_record_of_a_small_run(benchmark, tmp_path: Path):
     assert record["compiled_steps"] == [] and record["steps_left_out_compiling"] == 0
 
 
+def test_more_views_add_few_operations_per_view(benchmark, tmp_path: Path):
+    """The views of a step are built and embedded in batches: a view adds its own crop and resize and a share of
+    each batched change, about 20 operations forward and backward (built one by one, a view took about 80)."""
+
+    def ops(n_aug: int) -> float:
+        path = tmp_path / f"record{n_aug}.json"
+        argv = ["--small", "--steps", "1", "--warmup", "0", "--count-steps", "1", "--json", str(path)]
+        assert benchmark.main([*argv, f"loss.n_aug={n_aug}"]) == 0
+        return json.loads(path.read_text())["ops_per_step_min"]
+
+    added_views = 4 * (10 - 4)  # four images a step (composition, direction in and out, screen)
+    assert (ops(10) - ops(4)) / added_views < 30
+
+
 def test_a_step_that_compiles_is_marked(benchmark, monkeypatch):
     """``measure`` leaves such steps out of the timings (compile=true: the first steps compile)."""
     events = iter([0, 1, 1, 1, 1, 1])  # read at the start and at the end of each timed step: step 0 compiled

@@ -268,3 +268,10 @@ def test_a_plan_draws_in_the_order_of_its_images_and_groups_by_shape_and_gradien
     assert [(shape, params) for _, shape, params in plan.requests] == expected
     assert sorted(plan.groups()) == [[0, 2], [1]]  # the views of both 60 x 80 images are built together
     assert plan.render([0, 2]).shape == (8, 3, 224, 298)
+
+
+def test_small_tensors_reach_the_device_with_their_values():
+    t = views.device_tensor([[1.5, 2.0], [3.0, -1.0]], torch.float32, torch.device("cpu"))
+    assert t.dtype == torch.float32 and t.tolist() == [[1.5, 2.0], [3.0, -1.0]]
+    rows = torch.tensor([3, 1])
+    assert views.to_device(rows, torch.device("cpu")) is rows

@@ -16,7 +16,7 @@ from torch import nn
 from text2live.clip_guide import SCREEN_TEMPLATES, TEMPLATES, ClipGuide
 from text2live.draws import Draws
 from text2live.errors import ConfigError
-from text2live.views import ViewAugment, ViewPlan, resize
+from text2live.views import ViewAugment, ViewPlan, resize, to_device
 
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -206,7 +206,7 @@ class LossStack(nn.Module):
                 composition = (self.comp_e[self._rows(draws, self.comp_e)], [plan.add(c) for c in composites])
             if "direction" in weights:
                 n = min(len(self.src_e), len(self.comp_e))
-                idx = pick_rows(draws, n).to(self.src_e.device)
+                idx = to_device(pick_rows(draws, n), self.src_e.device)
                 pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
                 direction = (self.comp_e[idx] - self.src_e[idx], pairs)
             if "screen" in weights:
@@ -234,7 +234,7 @@ class LossStack(nn.Module):
 
     @staticmethod
     def _rows(g: torch.Generator | Draws, targets: torch.Tensor) -> torch.Tensor:
-        return pick_rows(g, len(targets)).to(targets.device)
+        return to_device(pick_rows(g, len(targets)), targets.device)
 
     def text_loss(self, embeddings: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         """Criterion between the view embeddings of each image and each of the picked text rows, averaged.

@@ -62,6 +62,19 @@ def resize_shorter(x: torch.Tensor, size: int, max_size: int | None = None, lega
 Source = torch.Generator | Draws  # where a draw comes from: a generator, or the Python draws of one
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor (a step's factors, matrices, row picks) on ``device`` without waiting for the device: on
+    CUDA through pinned memory and an asynchronous copy (a copy from pageable memory synchronises the stream)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def device_tensor(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.tensor(values, dtype=dtype, device=device)`` through :func:`to_device`."""
+    return to_device(torch.tensor(values, dtype=dtype), device)
+
+
 def rand_uniform(g: Source, low: float, high: float) -> float:
     if isinstance(g, Draws):
         return g.uniform(low, high)
@@ -138,7 +151,7 @@ def _factors(values: float | list[float], like: torch.Tensor) -> float | torch.T
     """A factor per image of a batch [N, C, H, W] (shape [N, 1, 1, 1]), or one Python float for all."""
     if isinstance(values, (int, float)):
         return float(values)
-    return torch.tensor(values, dtype=like.dtype, device=like.device).view(-1, 1, 1, 1)
+    return device_tensor(values, like.dtype, like.device).view(-1, 1, 1, 1)
 
 
 def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch.Tensor:
@@ -312,8 +325,8 @@ def _affine_grids(draws: list[tuple[float, int, int]], shape: tuple[int, int], l
     matrices = [
         TF._get_inverse_affine_matrix([0.0, 0.0], a, [float(dx), float(dy)], 1.0, [0.0, 0.0]) for a, dx, dy in draws
     ]
-    theta = torch.tensor(matrices, dtype=like.dtype, device=like.device).view(-1, 2, 3)
-    scale = torch.tensor([0.5 * ow, 0.5 * oh], dtype=like.dtype, device=like.device)
+    theta = device_tensor(matrices, like.dtype, like.device).view(-1, 2, 3)
+    scale = device_tensor([0.5 * ow, 0.5 * oh], like.dtype, like.device)
     base = _base_grid(oh, ow, True, like.dtype, like.device).expand(len(draws), -1, -1)
     return base.bmm(theta.transpose(1, 2) / scale).view(-1, oh, ow, 2)
 
@@ -337,9 +350,9 @@ def _perspective_grids(ends: list[list[list[int]]], shape: tuple[int, int], like
     """Sampling grids [N, H, W, 2] of ``TF.perspective`` from the corners to each ``end``."""
     oh, ow = shape
     coeffs = _perspective_coeffs([[0, 0], [ow - 1, 0], [ow - 1, oh - 1], [0, oh - 1]], ends)
-    theta1 = torch.tensor([[c[0:3], c[3:6]] for c in coeffs], dtype=like.dtype, device=like.device)
-    theta2 = torch.tensor([[[c[6], c[7], 1.0]] * 2 for c in coeffs], dtype=like.dtype, device=like.device)
-    scale = torch.tensor([0.5 * ow, 0.5 * oh], dtype=like.dtype, device=like.device)
+    theta1 = device_tensor([[c[0:3], c[3:6]] for c in coeffs], like.dtype, like.device)
+    theta2 = device_tensor([[[c[6], c[7], 1.0]] * 2 for c in coeffs], like.dtype, like.device)
+    scale = device_tensor([0.5 * ow, 0.5 * oh], like.dtype, like.device)
     base = _base_grid(oh, ow, False, like.dtype, like.device).expand(len(ends), -1, -1)
     grid = base.bmm(theta1.transpose(1, 2) / scale) / base.bmm(theta2.transpose(1, 2)) - 1.0
     return grid.view(-1, oh, ow, 2)
