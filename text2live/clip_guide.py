@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from text2live.errors import ConfigError, InputError, MissingWeightsError
-from text2live.views import ViewAugment, ViewPlan, clip_views, resize_shorter
+from text2live.views import ViewPlan, resize_shorter
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the clip package imports the deprecated pkg_resources
@@ -354,10 +354,6 @@ class ClipGuide(nn.Module):
         """Embeddings [N, D] (float32) of the tokens [L, N, D] that :meth:`_tokens` makes of images."""
         visual = self.model.visual
         return (visual.ln_post(visual.transformer(tokens)[0]) @ visual.proj).float()
-
-    def embed_views(self, x: torch.Tensor, n_views: int, g: torch.Generator, augment: ViewAugment) -> torch.Tensor:
-        """Embeddings [n_views, D] of the augmented views of one image [1, 3, H, W] in [0, 1]."""
-        return self._embed(self.normalize(clip_views(x, n_views, g, augment, legacy=self.legacy_resize)))
 
     def embed_plan(self, plan: ViewPlan) -> list[torch.Tensor]:
         """Embeddings [n_views, D] of the views of every image of ``plan``, in the order they were added.

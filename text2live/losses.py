@@ -203,14 +203,11 @@ class LossStack(nn.Module):
         with Draws(g) as draws:
             plan = ViewPlan(draws, self.n_aug, self.augment, self.guide.legacy_resize)
             if "composition" in weights:
-                composition = (self.comp_e[self._rows(draws, self.comp_e)], [plan.add(c) for c in composites])
+                composition = self._draw_text_term(draws, plan, composites, self.comp_e)
             if "direction" in weights:
-                n = min(len(self.src_e), len(self.comp_e))
-                idx = to_device(pick_rows(draws, n), self.src_e.device)
-                pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
-                direction = (self.comp_e[idx] - self.src_e[idx], pairs)
+                direction = self._draw_direction_term(draws, plan, inputs, composites)
             if "screen" in weights:
-                screen = (self.screen_e[self._rows(draws, self.screen_e)], [plan.add(s) for s in screens])
+                screen = self._draw_text_term(draws, plan, screens, self.screen_e)
         embeddings = self.guide.embed_plan(plan)
 
         terms: dict[str, torch.Tensor] = {}
@@ -236,6 +233,21 @@ class LossStack(nn.Module):
     def _rows(g: torch.Generator | Draws, targets: torch.Tensor) -> torch.Tensor:
         return to_device(pick_rows(g, len(targets)), targets.device)
 
+    def _draw_text_term(
+        self, g: torch.Generator | Draws, plan: ViewPlan, images: Sequence[torch.Tensor], targets: torch.Tensor
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The draws of a text term: its target rows, then the views of each image (their indices in ``plan``)."""
+        rows = targets[self._rows(g, targets)]
+        return rows, [plan.add(image) for image in images]
+
+    def _draw_direction_term(
+        self, g: torch.Generator | Draws, plan: ViewPlan, inputs: Sequence[torch.Tensor], composites
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The draws of the direction term: paired text rows, then the views of each input and its composite."""
+        idx = to_device(pick_rows(g, min(len(self.src_e), len(self.comp_e))), self.src_e.device)
+        pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
+        return self.comp_e[idx] - self.src_e[idx], pairs
+
     def text_loss(self, embeddings: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
         """Criterion between the view embeddings of each image and each of the picked text rows, averaged.
 
@@ -253,9 +265,8 @@ class LossStack(nn.Module):
 
     def clip_loss(self, images: Sequence[torch.Tensor], targets: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Criterion between the views of each image and a random subset of the target text rows."""
-        rows = targets[self._rows(g, targets)]
         plan = ViewPlan(g, self.n_aug, self.augment, self.guide.legacy_resize)
-        ids = [plan.add(image) for image in images]
+        rows, ids = self._draw_text_term(g, plan, images, targets)
         embeddings = self.guide.embed_plan(plan)
         return self.text_loss([embeddings[i] for i in ids], rows)
 
@@ -263,13 +274,10 @@ class LossStack(nn.Module):
         self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor], g: torch.Generator
     ) -> torch.Tensor:
         """``1 - cos(E(composite views) - E(input views), comp row - src row)`` over random paired rows."""
-        n = min(len(self.src_e), len(self.comp_e))
-        idx = pick_rows(g, n).to(self.src_e.device)
         plan = ViewPlan(g, self.n_aug, self.augment, self.guide.legacy_resize)
-        pairs = [(plan.add(i), plan.add(c)) for i, c in zip(inputs, composites, strict=True)]
+        directions, pairs = self._draw_direction_term(g, plan, inputs, composites)
         embeddings = self.guide.embed_plan(plan)
-        views = [(embeddings[i], embeddings[o]) for i, o in pairs]
-        return self.direction_term(views, self.comp_e[idx] - self.src_e[idx])
+        return self.direction_term([(embeddings[i], embeddings[o]) for i, o in pairs], directions)
 
     def structure_loss(self, inputs: Sequence[torch.Tensor], composites: Sequence[torch.Tensor]) -> torch.Tensor:
         """MSE between the CLIP self-similarities of each composite and its input (target without grad)."""
