@@ -334,10 +334,18 @@ class ClipGuide(nn.Module):
         grid = grid.permute(0, 2, 3, 1).reshape(-1, pos.shape[-1])
         return torch.cat([pos[:1], grid])
 
-    def _tokens(self, visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Patch + class tokens with positional embedding and ``ln_pre``, shape [L, N, D]."""
+    def _tokens(self, visual: nn.Module, x: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+        """Patch + class tokens with positional embedding and ``ln_pre``, shape [L, N, D].
+
+        ``normalized=False``: ``x`` holds images in [0, 1]; in float32 their normalisation is folded into the patch
+        embedding (float rounding only), in lower precision it is applied first, as the reference does.
+        """
         h, w = x.shape[-2:]
-        x = _patch_embedding(visual.conv1, x.type(visual.conv1.weight.dtype))
+        dtype = visual.conv1.weight.dtype
+        if normalized or dtype != torch.float32:
+            x = _patch_embedding(visual.conv1, (x if normalized else self.normalize(x)).type(dtype))
+        else:
+            x = _patch_embedding(visual.conv1, x, self.mean, self.std)
         grid_h, grid_w = h // visual.conv1.kernel_size[0], w // visual.conv1.kernel_size[0]
         cls = visual.class_embedding.to(x.dtype) + torch.zeros(
             x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device
@@ -349,6 +357,10 @@ class ClipGuide(nn.Module):
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, D] (float32) of normalised images of any size."""
         return self.encode_tokens(self._tokens(self.model.visual, x))
+
+    def encode_views(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, D] (float32) of images in [0, 1] of any size: ``encode_image(normalize(x))``."""
+        return self.encode_tokens(self._tokens(self.model.visual, x, normalized=False))
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embeddings [N, D] (float32) of the tokens [L, N, D] that :meth:`_tokens` makes of images."""
@@ -364,15 +376,15 @@ class ClipGuide(nn.Module):
         out: list[torch.Tensor | None] = [None] * len(plan.requests)
         for members in plan.groups():
             with torch.set_grad_enabled(torch.is_grad_enabled() and plan.requests[members[0]][0].requires_grad):
-                embeddings = self._embed(self.normalize(plan.render(members)))
+                embeddings = self._embed(plan.render(members))
             for i, chunk in zip(members, embeddings.split(plan.n_views), strict=True):
                 out[i] = chunk
         return out
 
     def _embed(self, views: torch.Tensor) -> torch.Tensor:
         if self.checkpoint_views and torch.is_grad_enabled() and views.requires_grad:
-            return checkpoint(self.encode_image, views, use_reentrant=False)
-        return self.encode_image(views)
+            return checkpoint(self.encode_views, views, use_reentrant=False)
+        return self.encode_views(views)
 
     def self_similarity(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine self-similarity [N, L, L] of all tokens (class token included) before the last block."""
@@ -441,18 +453,27 @@ class ClipGuide(nn.Module):
         return (grid - low) / (high - low).clamp_min(1e-12)
 
 
-def _patch_embedding(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _patch_embedding(
+    conv: nn.Conv2d, x: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
+) -> torch.Tensor:
     """``conv(x).flatten(2).permute(0, 2, 1)`` for CLIP's patch embedding (kernel = stride, no bias), computed as
-    one matrix product of the non-overlapping patches: [N, patches, width].
+    one matrix product of the non-overlapping patches: [N, patches, width]. With ``mean`` and ``std`` [1, C, 1, 1]
+    it is that of ``(x - mean) / std``, the normalisation folded into the weights and a bias.
 
     The same sums in another order (float rounding only); on the CPU, its backward pass to the images is several
-    times faster than that of the strided convolution.
+    times faster than that of the strided convolution, and folding spares two passes over the images and their
+    gradient.
     """
     n, c, h, w = x.shape
     p = conv.kernel_size[0]
     gh, gw = h // p, w // p
     patches = x[..., : gh * p, : gw * p].reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, -1)
-    return patches @ conv.weight.reshape(conv.out_channels, -1).t()
+    weight = conv.weight
+    if mean is None:
+        return patches @ weight.reshape(conv.out_channels, -1).t()
+    weight = weight / std.to(weight.dtype)
+    bias = (weight * mean.to(weight.dtype)).sum(dim=(1, 2, 3)).neg_()
+    return F.linear(patches, weight.reshape(conv.out_channels, -1), bias)
 
 
 def _attention_with_probs(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
