@@ -243,10 +243,11 @@ def _torchvision_view(x: torch.Tensor, p: views.ViewParams, shape, fill: float) 
     return x
 
 
-def test_a_step_of_views_equals_the_views_built_one_by_one_with_torchvision():
+@pytest.mark.parametrize("fill", [1.0, 0.3])
+def test_a_step_of_views_equals_the_views_built_one_by_one_with_torchvision(fill: float):
     torch.manual_seed(5)
     images = [torch.rand(1, 3, 60, 80), torch.rand(1, 3, 60, 80)]
-    plan = views.ViewPlan(torch.Generator().manual_seed(11), 16, ViewAugment(), legacy=True)
+    plan = views.ViewPlan(torch.Generator().manual_seed(11), 16, ViewAugment(fill=fill), legacy=True)
     ids = [plan.add(image) for image in images]
     (group,) = plan.groups()
     built = plan.render(group).split(16)
@@ -255,7 +256,7 @@ def test_a_step_of_views_equals_the_views_built_one_by_one_with_torchvision():
     assert any(p.affine and p.perspective and p.flip for p in drawn)
     for i, image in zip(ids, images, strict=True):
         _, shape, params = plan.requests[i]
-        expected = torch.cat([_torchvision_view(image, p, shape, 1.0) for p in params])
+        expected = torch.cat([_torchvision_view(image, p, shape, fill) for p in params])
         assert torch.equal(built[i], expected)
 
 

@@ -365,9 +365,11 @@ def warp(x: torch.Tensor, grids: torch.Tensor, fill: float) -> torch.Tensor:
     with torch.no_grad():  # sampling is per channel: the mask channel alone gives the same values
         ones = torch.ones((x.shape[0], 1, *x.shape[2:]), dtype=x.dtype, device=x.device)
         mask = F.grid_sample(ones, grids, mode="bilinear", padding_mode="zeros", align_corners=False)
-        fill_img = torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device)
-        filled = (1.0 - mask) * fill_img  # per channel, the products torchvision computes
-    return out * mask + filled
+        filled = 1.0 - mask  # times a fill of 1 (the default): the same values, one channel for all
+        if fill != 1.0:  # per channel, the products torchvision computes
+            filled = filled * torch.full((1, x.shape[1], 1, 1), float(fill), dtype=x.dtype, device=x.device)
+    # grid_sample's backward needs its input and grid, not its output: the output can be changed in place
+    return out.mul_(mask).add_(filled)
 
 
 # the random draws ------------------------------------------------------------------------------------------------
