@@ -179,6 +179,18 @@ def test_a_mixed_blend_batch_equals_each_change_on_its_own():
     assert _relative(grad, grad_tv) < 1e-6  # the gradients of the unused targets add exact zeros, in another order
 
 
+def test_greyscale_equals_torchvision_in_value_and_gradient():
+    x = _hard_image()
+
+    def reference(images):
+        return TF.rgb_to_grayscale(images, num_output_channels=3)
+
+    out_tv, out, grad_tv, grad = _reference_and_ours(reference, lambda v: views.grayscale(v).expand(v.shape), x)
+    assert torch.equal(out, out_tv) and torch.equal(grad, grad_tv)
+    with torch.no_grad():
+        assert torch.equal(views.grayscale(x), TF.rgb_to_grayscale(x))
+
+
 def test_the_hue_change_without_a_graph_gives_the_same_values():
     x = _hard_image()
     with torch.no_grad():

@@ -161,10 +161,28 @@ def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch
     return clamp01(_factors(ratio, a) * a + _factors(complement, a) * b)
 
 
+_LUMA = (0.2989, 0.587, 0.114)  # torchvision's weights of red, green and blue
+
+
+class _Luma(torch.autograd.Function):
+    """torchvision's luma ``0.2989 r + 0.587 g + 0.114 b`` with the gradient autograd takes of it (each channel's
+    gradient is the luma's times the channel's weight, in float32) computed in one product."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r, g, b = x.unbind(dim=-3)
+        return (_LUMA[0] * r).add_(_LUMA[1] * g).add_(_LUMA[2] * b).unsqueeze(dim=-3)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * device_tensor(_LUMA, grad.dtype, grad.device).view(3, 1, 1)
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """Luma [N, 1, H, W] of RGB images (torchvision's weights)."""
-    r, g, b = x.unbind(dim=-3)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(dim=-3)
+    """Luma [N, 1, H, W] of RGB images [N, 3, H, W] (torchvision's weights): the same values and gradient."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Luma.apply(x)
+    return _Luma.forward(None, x)
 
 
 def adjust_brightness(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
@@ -415,18 +433,20 @@ def adjust_blends(x: torch.Tensor, ops: list[int], factors: list[float]) -> torc
     return blend(x, luma * saturation + mean * contrast, factors)
 
 
-def apply_jitter(x: torch.Tensor, draws: list[tuple[list[int], float, float, float, float]]) -> torch.Tensor:
-    """The colour jitter of each image of ``x`` [N, 3, H, W] with its own draws: at each of the four positions of
-    the random order, one batched blend (brightness, contrast or saturation) and one batched hue change."""
-    views = list(x.split(1))
+JitterDraws = tuple[list[int], float, float, float, float]
+
+
+def apply_jitter(views: list[torch.Tensor], rows: list[int], draws: list[JitterDraws]) -> None:
+    """The colour jitter of ``views[i]`` [1, 3, H, W] for ``i`` in ``rows``, each with its draws, in place in the
+    list: at each of the four positions of the random order, one batched blend (brightness, contrast or
+    saturation) and one batched hue change."""
     for position in range(4):
         ops = [order[position] for order, *_ in draws]
-        blends = [i for i, op in enumerate(ops) if op != 3]
-        kinds, factors = [ops[i] for i in blends], [draws[i][1 + ops[i]] for i in blends]
-        _apply(views, blends, functools.partial(adjust_blends, ops=kinds, factors=factors))
-        hues = [i for i, op in enumerate(ops) if op == 3]
-        _apply(views, hues, functools.partial(adjust_hue, factor=[draws[i][4] for i in hues]))
-    return torch.cat(views)
+        blends = [j for j, op in enumerate(ops) if op != 3]
+        kinds, factors = [ops[j] for j in blends], [draws[j][1 + ops[j]] for j in blends]
+        _apply(views, [rows[j] for j in blends], functools.partial(adjust_blends, ops=kinds, factors=factors))
+        hues = [j for j, op in enumerate(ops) if op == 3]
+        _apply(views, [rows[j] for j in hues], functools.partial(adjust_hue, factor=[draws[j][4] for j in hues]))
 
 
 def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.1) -> torch.Tensor:
@@ -467,7 +487,7 @@ class ViewAugment:
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """One augmented view of ``x`` [1, 3, H, W]."""
         params = self.draw(g, *x.shape[-2:])
-        return render_views([(x, [params])], tuple(x.shape[-2:]), self.fill)[0]
+        return render_views([(x, [params])], tuple(x.shape[-2:]), self.fill)
 
 
 def _perspective_points(g: torch.Generator, w: int, h: int, d: float) -> list[list[int]]:
@@ -530,8 +550,9 @@ def render_views(
     shape: tuple[int, int],
     fill: float = 1.0,
     legacy: bool = True,
-) -> list[torch.Tensor]:
-    """The views [len(params), 3, *shape] of each ``(image [1, 3, H, W], params)`` request, all of one shape.
+) -> torch.Tensor:
+    """The views [sum of len(params), 3, *shape] of the ``(image [1, 3, H, W], params)`` requests, all of one
+    shape, in the order of the requests.
 
     Each view is cropped and resized on its own; every later change runs once over all the views (of every
     request) that drew it. The values are those of building each view on its own with torchvision's functions.
@@ -551,14 +572,10 @@ def render_views(
     rows = [i for i, p in enumerate(params) if p.perspective is not None]
     _apply(views, rows, lambda v: warp(v, _perspective_grids([params[i].perspective for i in rows], shape, like), fill))
     rows = [i for i, p in enumerate(params) if p.jitter is not None]
-    _apply(views, rows, lambda v: apply_jitter(v, [params[i].jitter for i in rows]))
+    apply_jitter(views, rows, [params[i].jitter for i in rows])
     rows = [i for i, p in enumerate(params) if p.gray]
     _apply(views, rows, lambda v: grayscale(v).expand(v.shape))
-    out, start = [], 0
-    for _, view_params in requests:
-        out.append(torch.cat(views[start : start + len(view_params)]))
-        start += len(view_params)
-    return out
+    return torch.cat(views)
 
 
 def clip_views(
@@ -572,7 +589,7 @@ def clip_views(
 ) -> torch.Tensor:
     """The ``n_views`` augmented views [n_views, 3, h, w] of one image [1, 3, H, W] (see :func:`draw_views`)."""
     shape, params = draw_views(g, tuple(x.shape[-2:]), n_views, augment, size, max_size, legacy)
-    return render_views([(x, params)], shape, augment.fill, legacy)[0]
+    return render_views([(x, params)], shape, augment.fill, legacy)
 
 
 class ViewPlan:
@@ -611,4 +628,4 @@ class ViewPlan:
         """The views [len(members) * n_views, 3, h, w] of the requests ``members`` (one of :meth:`groups`)."""
         shape = self.requests[members[0]][1]
         requests = [(self.requests[i][0], self.requests[i][2]) for i in members]
-        return torch.cat(render_views(requests, shape, self.augment.fill, self.legacy))
+        return render_views(requests, shape, self.augment.fill, self.legacy)
