@@ -10,8 +10,9 @@ views that have it (a warp with one sampling grid per view, the colour changes w
 
 The colour changes and the warps compute exactly the values of torchvision's tensor functions (the same
 floating-point operations in the same order, so the same bits) and the same gradients, but select with float
-masks instead of boolean ones and clamp through :func:`clamp01`, whose backward needs no ``where``: on the CPU,
-boolean tensors make torchvision's versions several times slower than their arithmetic.
+masks instead of boolean ones and clamp through :func:`clamp01_`, whose backward needs no ``where``: on the CPU,
+boolean tensors make torchvision's versions several times slower than their arithmetic. They also write into
+tensors they own where they can, because a new result costs more than overwriting memory just read.
 """
 
 from __future__ import annotations
@@ -119,13 +120,25 @@ def _clamp_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0)  # strictly inside (0, 1): one fused kernel
 
 
+def _clamp_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """:func:`_clamp_backward` written into ``grad``."""
+    if _CLAMP_PASSES_BOUNDS:
+        return grad.mul_(1.0 - (x - x.clamp(0.0, 1.0)).abs_().clamp_(max=1.0).ceil_())
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 1.0, grad_input=grad)
+
+
 class _Clamp01(torch.autograd.Function):
-    """``x.clamp(0, 1)`` with autograd's gradient, without boolean tensors."""
+    """``x.clamp(0, 1)`` with autograd's gradient, without boolean tensors, clamping ``x`` in place where autograd's
+    rule can be read from the result: a gradient passed strictly inside (0, 1) passes where the result is."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(0.0, 1.0)
+        if _CLAMP_PASSES_BOUNDS:  # the rule needs the input: is 1 the input or its clamp?
+            ctx.save_for_backward(x)
+            return x.clamp(0.0, 1.0)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x.clamp_(0.0, 1.0))
+        return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -133,9 +146,9 @@ class _Clamp01(torch.autograd.Function):
         return _clamp_backward(grad, x)
 
 
-def clamp01(x: torch.Tensor) -> torch.Tensor:
-    """``x.clamp(0, 1)``, the same values and gradient."""
-    return _Clamp01.apply(x) if x.requires_grad else x.clamp(0.0, 1.0)
+def clamp01_(x: torch.Tensor) -> torch.Tensor:
+    """``x.clamp_(0, 1)``, the same values and gradient as ``x.clamp(0, 1)``, for a tensor nothing else reads."""
+    return _Clamp01.apply(x) if x.requires_grad else x.clamp_(0.0, 1.0)
 
 
 def _mask(op, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
@@ -158,7 +171,7 @@ def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch
     """torchvision's ``_blend``: ``clamp(ratio * a + (1 - ratio) * b, 0, 1)``, ``1 - ratio`` taken in double
     precision as torchvision does with a Python float."""
     complement = 1.0 - ratio if isinstance(ratio, (int, float)) else [1.0 - r for r in ratio]
-    return clamp01(_factors(ratio, a) * a + _factors(complement, a) * b)
+    return clamp01_((_factors(ratio, a) * a).add_(_factors(complement, a) * b))
 
 
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's weights of red, green and blue
@@ -186,7 +199,8 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 
 def adjust_brightness(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
-    return blend(x, torch.zeros_like(x), factor)
+    # torchvision blends with zeros_like(x): adding a zero per image gives the same bits, sign of zero included
+    return blend(x, x.new_zeros(1, 1, 1, 1), factor)
 
 
 def _mean_luma(luma: torch.Tensor) -> torch.Tensor:
@@ -211,42 +225,51 @@ def adjust_saturation(x: torch.Tensor, factor: float | list[float]) -> torch.Ten
 def _first_of(r: torch.Tensor, g: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Float masks of the first of the channels r, g, b that equals ``value`` (as ``torch.max(dim=)`` picks)."""
     is_r = _mask(torch.eq, r, value)
-    is_g = _mask(torch.eq, g, value).mul_(1.0 - is_r)
-    return is_r, is_g, (1.0 - is_r).sub_(is_g)
+    not_r = 1.0 - is_r
+    is_g = _mask(torch.eq, g, value).mul_(not_r)
+    return is_r, is_g, not_r.sub_(is_g)
 
 
 class _Hue(torch.autograd.Function):
     """torchvision's ``adjust_hue`` (RGB to HSV, shift the hue, back to RGB) with a hand-written backward.
 
     The forward computes torchvision's values with the same floating-point operations, selecting with float masks
-    (``sum(mask_i * value_i)`` with one mask equal to 1 is exact). The backward is the derivative of torchvision's
-    graph as autograd takes it: the maximum and minimum route their gradient to the first channel that attains
-    them (``torch.max(dim=)``), a clamp passes it only where autograd's clamp does, the hue's ``floor`` and
-    modulo pass none through their integer part. It agrees with autograd on torchvision's function to float32
-    rounding (tests/test_views.py).
+    (``sum(mask_i * value_i)`` with one mask equal to 1 is exact), and writes into tensors it owns wherever it can:
+    on the CPU, an operation on these large planes that allocates its result takes several times as long as one
+    that overwrites a tensor it has just read.
+
+    The backward is the derivative of torchvision's graph as autograd takes it: the maximum and minimum route their
+    gradient to the first channel that attains them (``torch.max(dim=)``), a clamp passes it only where autograd's
+    clamp does, the hue's ``floor`` and modulo pass none through their integer part. It agrees with autograd on
+    torchvision's function to float32 rounding (tests/test_views.py).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, hue: float | torch.Tensor) -> torch.Tensor:
         backward = not isinstance(ctx, _NoContext)  # what only the backward needs is skipped without a graph
         r, g, b = x.unbind(-3)
-        v = torch.maximum(torch.maximum(r, g), b)
-        m = torch.minimum(torch.minimum(r, g), b)
+        v = torch.maximum(r, g)
+        torch.maximum(v, b, out=v)
+        m = torch.minimum(r, g)
+        torch.minimum(m, b, out=m)
         is_r, is_g, is_b = _first_of(r, g, v)
         grey = _mask(torch.eq, v, m)
         coloured = 1.0 - grey
         cr = v - m
         den = (v * coloured).add_(grey)  # torch.where(grey, 1, v)
         s = cr / den
-        crd = (cr * coloured).add_(grey)  # torch.where(grey, 1, cr)
+        crd = cr + grey  # torch.where(grey, 1, cr): cr is 0 where grey
         rc = (v - r).div_(crd)
         gc = (v - g).div_(crd)
         bc = (v - b).div_(crd)
-        # the hue in sixths; without its branch constant (to float rounding) for the backward
-        h = (bc - gc).mul_(is_r).add_((2.0 + rc).sub_(bc).mul_(is_g)).add_((4.0 + gc).sub_(rc).mul_(is_b))
-        hc = h - (is_g * 2.0).add_(is_b * 4.0) if backward else None
-        h.div_(6.0).add_(1.0)
-        h.sub_(torch.floor(h)).add_(hue)  # fmod(h, 1) of h >= 0, exact; then the shift
+        # the hue in sixths, by the first maximum: bc - gc, (2 + rc) - bc or (4 + gc) - rc
+        h = (bc - gc).mul_(is_r)
+        h_b = gc.add_(4.0).sub_(rc).mul_(is_b)
+        h.add_(rc.add_(2.0).sub_(bc).mul_(is_g)).add_(h_b)
+        del rc, gc, bc, h_b
+        hc = (is_g * 2.0).add_(is_b * 4.0).neg_().add_(h) if backward else None  # without its branch constant
+        h.div_(6.0).add_(1.0).frac_()  # fmod(h, 1) of h > 0, exact
+        h.add_(hue)
         h.sub_(torch.floor(h)).mul_(6.0)  # h % 1, exact; then in sixths
         i = torch.floor(h)
         f = h.sub_(i)
@@ -255,10 +278,14 @@ class _Hue(torch.autograd.Function):
         a_q = (s * f).neg_().add_(1.0)
         a_t = (s * one_f).neg_().add_(1.0)
         pre_p, pre_q, pre_t = v * a_p, v * a_q, v * a_t
-        p, q, t = pre_p.clamp(0.0, 1.0), pre_q.clamp(0.0, 1.0), pre_t.clamp(0.0, 1.0)
+        if backward:  # the clamps' inputs are kept for their gradient
+            p, q, t = pre_p.clamp(0.0, 1.0), pre_q.clamp(0.0, 1.0), pre_t.clamp(0.0, 1.0)
+        else:
+            p, q, t = pre_p.clamp_(0.0, 1.0), pre_q.clamp_(0.0, 1.0), pre_t.clamp_(0.0, 1.0)
         # the HSV sector (i == 6 is sector 0), then each channel's value: v, q, p or t by sector
         m0, m1, m2, m3, m4, m5, m6 = (_mask(torch.eq, i, float(j)) for j in range(7))
         m0.add_(m6)
+        del m6
         picks = (  # (v, q, p, t) masks of red, green and blue: R = v q p p t v, G = t v v q p p, B = p p t v v q
             (m0 + m5, m1, m2 + m3, m4),
             (m1 + m2, m3, m4 + m5, m0),
@@ -266,7 +293,7 @@ class _Hue(torch.autograd.Function):
         )
         out = torch.empty_like(x)
         for channel, (pick_v, pick_q, pick_p, pick_t) in zip(out.unbind(-3), picks, strict=True):
-            torch.mul(v, pick_v, out=channel).add_(q * pick_q).add_(p * pick_p).add_(t * pick_t)
+            torch.mul(v, pick_v, out=channel).addcmul_(q, pick_q).addcmul_(p, pick_p).addcmul_(t, pick_t)
         if not backward:
             return out
         lo_r, lo_g, lo_b = _first_of(r, g, m)
@@ -281,23 +308,27 @@ class _Hue(torch.autograd.Function):
         (v, s, f, one_f, a_p, a_q, a_t, cr, den, crd, coloured, hc, is_r, is_g, is_b, lo_r, lo_g, lo_b,
          pre_p, pre_q, pre_t, *masks) = ctx.saved_tensors  # fmt: skip
         picks = (masks[0:4], masks[4:8], masks[8:12])
+        grad_r, grad_g, grad_b = grad.unbind(-3)
         g_v, g_q, g_p, g_t = (
-            sum(grad_c * channel[k] for grad_c, channel in zip(grad.unbind(-3), picks, strict=True)) for k in range(4)
+            (grad_r * picks[0][k]).addcmul_(grad_g, picks[1][k]).addcmul_(grad_b, picks[2][k]) for k in range(4)
         )
-        g_p = _clamp_backward(g_p, pre_p)
-        g_q = _clamp_backward(g_q, pre_q)
-        g_t = _clamp_backward(g_t, pre_t)
-        g_v.add_(g_p * a_p).add_(g_q * a_q).add_(g_t * a_t)
-        g_s = (g_q * f).add_(g_t * one_f).add_(g_p).mul_(v).neg_()
+        _clamp_backward_(g_p, pre_p)
+        _clamp_backward_(g_q, pre_q)
+        _clamp_backward_(g_t, pre_t)
+        g_v.addcmul_(g_p, a_p).addcmul_(g_q, a_q).addcmul_(g_t, a_t)
+        g_s = (g_q * f).addcmul_(g_t, one_f).add_(g_p).mul_(v).neg_()
         d = g_t.sub_(g_q).mul_(v).mul_(s).div_(crd)  # the hue's gradient over crd
         g_cr = (d * hc).neg_().mul_(coloured).add_(g_s / den)
-        g_v.add_((g_s * cr).div_(den).div_(den).neg_().mul_(coloured)).add_(g_cr)
+        g_v.add_(g_s.mul_(cr).div_(den).div_(den).neg_().mul_(coloured)).add_(g_cr)
         g_m = g_cr.neg_()
         # the hue reads two channels directly: +d where a channel is subtracted, -d where it is added
-        g_r = (is_r * g_v).add_(lo_r * g_m).add_((is_b - is_g).mul_(d))
-        g_g = (is_g * g_v).add_(lo_g * g_m).add_((is_r - is_b).mul_(d))
-        g_b = (is_b * g_v).add_(lo_b * g_m).add_((is_g - is_r).mul_(d))
-        return torch.stack((g_r, g_g, g_b), -3), None
+        out = torch.empty_like(grad)
+        spread = g_p  # its memory, no longer needed
+        for channel, is_c, lo_c, plus, minus in zip(
+            out.unbind(-3), (is_r, is_g, is_b), (lo_r, lo_g, lo_b), (is_b, is_r, is_g), (is_g, is_b, is_r), strict=True
+        ):
+            torch.mul(is_c, g_v, out=channel).addcmul_(lo_c, g_m).addcmul_(torch.sub(plus, minus, out=spread), d)
+        return out, None
 
 
 def adjust_hue(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
