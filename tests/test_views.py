@@ -191,6 +191,29 @@ def test_greyscale_equals_torchvision_in_value_and_gradient():
         assert torch.equal(views.grayscale(x), TF.rgb_to_grayscale(x))
 
 
+@pytest.mark.parametrize("legacy", [True, False])
+def test_crops_equal_slicing_and_resizing_each_in_value_and_gradient(legacy: bool):
+    x = _hard_image(1, 60, 80)
+    boxes = [(0, 0, 60, 80), (5, 9, 40, 52), (0, 0, 60, 80), (20, 30, 40, 50), (5, 9, 40, 52)]
+    flips = [False, True, True, False, False]
+    shape = (60, 80)  # the whole image keeps its shape: a copy, not a resize
+
+    def reference(image):
+        out = []
+        for (top, left, h, w), flip in zip(boxes, flips, strict=True):
+            view = resize(image[..., top : top + h, left : left + w], shape, legacy)
+            out.append(view.flip(-1) if flip else view)
+        return torch.cat(out)
+
+    out_ref, out, grad_ref, grad = _reference_and_ours(
+        reference, lambda image: torch.cat(views.crops(image, boxes, flips, shape, legacy)), x
+    )
+    assert torch.equal(out, out_ref)
+    assert _relative(grad, grad_ref) < 1e-6  # the crops' gradients are added in another order
+    with torch.no_grad():
+        assert torch.equal(torch.cat(views.crops(x, boxes, flips, shape, legacy)), out_ref)
+
+
 def test_the_hue_change_without_a_graph_gives_the_same_values():
     x = _hard_image()
     with torch.no_grad():

@@ -344,9 +344,12 @@ def adjust_hue(x: torch.Tensor, factor: float | list[float]) -> torch.Tensor:
 
 
 class _NoContext:
-    """Stands in for autograd's context when :class:`_Hue` runs without a graph."""
+    """Stands in for autograd's context when a function of this module runs without a graph."""
 
     def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
         pass
 
 
@@ -564,6 +567,57 @@ def draw_views(
     return shape, params
 
 
+def _upsample_backward(grad: torch.Tensor, shape: tuple[int, int], input_shape, legacy: bool) -> torch.Tensor:
+    """The gradient that :func:`resize` to ``shape`` passes back from ``grad`` to its input of ``input_shape``."""
+    if legacy:
+        return torch.ops.aten.upsample_bilinear2d_backward(grad, list(shape), list(input_shape), False)
+    return torch.ops.aten._upsample_bilinear2d_aa_backward(grad, list(shape), list(input_shape), False)
+
+
+class _Crops(torch.autograd.Function):
+    """The crops of one image [1, C, H, W], each resized to ``shape`` (and flipped where asked), one output each.
+
+    The values are those of :func:`resize` of each crop. The backward adds each crop's gradient into the image's
+    gradient in place, where autograd would make a zero image per crop and then add these up.
+    """
+
+    @staticmethod
+    def forward(ctx, image, boxes, flips, shape, legacy):
+        ctx.set_materialize_grads(False)
+        ctx.boxes, ctx.flips, ctx.shape, ctx.legacy, ctx.image_shape = boxes, flips, shape, legacy, image.shape
+        views = []
+        for (top, left, ch, cw), flip in zip(boxes, flips, strict=True):
+            view = resize(image[..., top : top + ch, left : left + cw], shape, legacy)
+            views.append(view.flip(-1) if flip else view.clone() if (ch, cw) == shape else view)
+        return tuple(views)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        image_grad = None
+        for grad, (top, left, ch, cw), flip in zip(grads, ctx.boxes, ctx.flips, strict=True):
+            if grad is None:
+                continue
+            if image_grad is None:
+                image_grad = grad.new_zeros(ctx.image_shape)
+            if flip:
+                grad = grad.flip(-1)
+            if (ch, cw) != ctx.shape:
+                grad = _upsample_backward(grad, ctx.shape, (*ctx.image_shape[:-2], ch, cw), ctx.legacy)
+            image_grad[..., top : top + ch, left : left + cw].add_(grad)
+        return image_grad, None, None, None, None
+
+
+def crops(
+    image: torch.Tensor, boxes: list[tuple[int, int, int, int]], flips: list[bool], shape: tuple[int, int], legacy: bool
+) -> list[torch.Tensor]:
+    """The crops ``(top, left, height, width)`` of ``image`` [1, C, H, W] resized to ``shape``, each flipped
+    horizontally where ``flips`` says: ``resize(image[..., crop], shape, legacy)`` and its gradient."""
+    shape = tuple(shape)
+    if torch.is_grad_enabled() and image.requires_grad:
+        return list(_Crops.apply(image, boxes, flips, shape, legacy))
+    return list(_Crops.forward(_NoContext(), image, boxes, flips, shape, legacy))
+
+
 # building views in batches -----------------------------------------------------------------------------------------
 
 
@@ -592,11 +646,9 @@ def render_views(
     params: list[ViewParams] = []
     for x, view_params in requests:
         h, w = x.shape[-2:]
-        for p in view_params:
-            top, left, ch, cw = p.box if p.box is not None else (0, 0, h, w)
-            view = resize(x[..., top : top + ch, left : left + cw], shape, legacy)
-            views.append(view.flip(-1) if p.flip else view)
-            params.append(p)
+        boxes = [p.box if p.box is not None else (0, 0, h, w) for p in view_params]
+        views += crops(x, boxes, [p.flip for p in view_params], shape, legacy)
+        params += view_params
     like = views[0]
     rows = [i for i, p in enumerate(params) if p.affine is not None]
     _apply(views, rows, lambda v: warp(v, _affine_grids([params[i].affine for i in rows], shape, like), fill))
