@@ -231,3 +231,25 @@ def test_build_guide_reuses_the_model_when_relevancy_name_is_the_same(recorded_l
     assert guide.relevancy_model is None
     guide = build_guide(name="ViT-B/32", relevancy_name=None, relevancy_num_layers=0)
     assert len(recorded_loads) == 2 and guide.relevancy_model is None
+
+
+def test_views_embed_as_clip_embeds_their_normalisation_in_value_and_gradient() -> None:
+    """``encode_views`` folds the normalisation into a patch embedding computed as a matrix product; CLIP's own
+    forward (a strided convolution of the normalised images) gives the same numbers to float32 rounding."""
+    model = tiny_clip()
+    guide = ClipGuide(model, relevancy_num_layers=0, swap_pos_embed_hw=False).place("cpu")
+    images = torch.rand(3, 3, 224, 224, generator=torch.Generator().manual_seed(0))  # CLIP's own size: no resampling
+    ours_in, theirs_in = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
+    ours = guide.encode_views(ours_in)
+    theirs = model.encode_image(guide.normalize(theirs_in)).float()
+    weights = torch.randn_like(ours)
+    (ours * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert float((ours_in.grad - theirs_in.grad).norm() / theirs_in.grad.norm()) < 1e-5
+    # a size that leaves rows and columns outside the last whole patch: their gradient is zero
+    odd = torch.rand(2, 3, 230, 250, requires_grad=True)
+    guide.encode_views(odd).sum().backward()
+    assert model.visual.conv1.kernel_size[0] == 32  # 7 x 7 whole patches of 230 x 250
+    assert odd.grad[..., 224:, :].abs().max() == 0 and odd.grad[..., 224:].abs().max() == 0
+    assert odd.grad[..., :224, :224].abs().max() > 0

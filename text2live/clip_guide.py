@@ -453,6 +453,39 @@ class ClipGuide(nn.Module):
         return (grid - low) / (high - low).clamp_min(1e-12)
 
 
+def _patches(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The ``p`` x ``p`` patches [N, rows * columns, C * p * p] of images [N, C, H, W] (see :class:`_Patches`)."""
+    n, c, h, w = x.shape
+    gh, gw = h // p, w // p
+    patches = x.new_empty(n, gh, gw, c, p, p)
+    patches.copy_(x[..., : gh * p, : gw * p].reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5))
+    return patches.view(n, gh * gw, c * p * p)
+
+
+class _Patches(torch.autograd.Function):
+    """The non-overlapping ``p`` x ``p`` patches [N, rows * columns, C * p * p] of images [N, C, H, W], rows and
+    columns past the last whole patch left out (the strided convolution's input). Its backward writes the
+    patches' gradient into the images' in one copy, where autograd's would copy twice and fill a zero image."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: int) -> torch.Tensor:
+        ctx.shape, ctx.p = x.shape, p
+        return _patches(x, p)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (n, c, h, w), p = ctx.shape, ctx.p
+        gh, gw = h // p, w // p
+        out = grad.new_empty(n, c, h, w)
+        if gh * p < h:
+            out[..., gh * p :, :].zero_()
+        if gw * p < w:
+            out[..., : gh * p, gw * p :].zero_()
+        inner = out[..., : gh * p, : gw * p].view(n, c, gh, p, gw, p)
+        inner.copy_(grad.reshape(n, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5))
+        return out, None
+
+
 def _patch_embedding(
     conv: nn.Conv2d, x: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -464,10 +497,8 @@ def _patch_embedding(
     times faster than that of the strided convolution, and folding spares two passes over the images and their
     gradient.
     """
-    n, c, h, w = x.shape
     p = conv.kernel_size[0]
-    gh, gw = h // p, w // p
-    patches = x[..., : gh * p, : gw * p].reshape(n, c, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, -1)
+    patches = _Patches.apply(x, p) if torch.is_grad_enabled() and x.requires_grad else _patches(x, p)
     weight = conv.weight
     if mean is None:
         return patches @ weight.reshape(conv.out_channels, -1).t()
