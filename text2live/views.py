@@ -10,7 +10,7 @@ views that have it (a warp with one sampling grid per view, the colour changes w
 
 The colour changes and the warps compute exactly the values of torchvision's tensor functions (the same
 floating-point operations in the same order, so the same bits) and the same gradients, but select with float
-masks instead of boolean ones and clamp through :func:`clamp01_`, whose backward needs no ``where``: on the CPU,
+masks instead of boolean ones and clamp with backwards that need no ``where`` (:class:`_Blend`): on the CPU,
 boolean tensors make torchvision's versions several times slower than their arithmetic. They also write into
 tensors they own where they can, because a new result costs more than overwriting memory just read.
 """
@@ -127,30 +127,6 @@ def _clamp_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 1.0, grad_input=grad)
 
 
-class _Clamp01(torch.autograd.Function):
-    """``x.clamp(0, 1)`` with autograd's gradient, without boolean tensors, clamping ``x`` in place where autograd's
-    rule can be read from the result: a gradient passed strictly inside (0, 1) passes where the result is."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        if _CLAMP_PASSES_BOUNDS:  # the rule needs the input: is 1 the input or its clamp?
-            ctx.save_for_backward(x)
-            return x.clamp(0.0, 1.0)
-        ctx.mark_dirty(x)
-        ctx.save_for_backward(x.clamp_(0.0, 1.0))
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return _clamp_backward(grad, x)
-
-
-def clamp01_(x: torch.Tensor) -> torch.Tensor:
-    """``x.clamp_(0, 1)``, the same values and gradient as ``x.clamp(0, 1)``, for a tensor nothing else reads."""
-    return _Clamp01.apply(x) if x.requires_grad else x.clamp_(0.0, 1.0)
-
-
 def _mask(op, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     """``op(a, b)`` (a comparison) as a float tensor of 0 and 1, outside autograd."""
     if torch.is_grad_enabled():
@@ -167,11 +143,44 @@ def _factors(values: float | list[float], like: torch.Tensor) -> float | torch.T
     return device_tensor(values, like.dtype, like.device).view(-1, 1, 1, 1)
 
 
+class _Blend(torch.autograd.Function):
+    """``clamp(ratio * a + complement * b, 0, 1)`` with the gradient autograd takes of it, in one function that
+    overwrites its own tensors: the sum and the clamp in place, the gradient to ``a`` in place of the clamp's.
+
+    Without boolean tensors: the clamp's gradient passes through ``hardtanh_backward``. Where autograd's clamp
+    passes it only strictly inside (0, 1), where the result is inside (0, 1) says the same, so the result is kept
+    for the backward instead of the sum.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, ratio, complement):
+        mixed = (ratio * a).add_(complement * b)
+        ctx.ratio, ctx.complement, ctx.b_shape = ratio, complement, b.shape
+        if _CLAMP_PASSES_BOUNDS:  # the rule needs the sum: is 1 the sum or its clamp?
+            ctx.save_for_backward(mixed)
+            return mixed.clamp(0.0, 1.0)
+        ctx.save_for_backward(mixed.clamp_(0.0, 1.0))
+        return mixed
+
+    @staticmethod
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        grad = _clamp_backward(grad, saved)
+        grad_b = None
+        if ctx.needs_input_grad[1]:  # summed over the channels that the product broadcasts to, then multiplied
+            shape = torch.broadcast_shapes(ctx.b_shape, getattr(ctx.complement, "shape", ()))
+            grad_b = (grad.sum_to_size(shape) * ctx.complement).sum_to_size(ctx.b_shape)
+        return grad.mul_(ctx.ratio) if ctx.needs_input_grad[0] else None, grad_b, None, None
+
+
 def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch.Tensor:
     """torchvision's ``_blend``: ``clamp(ratio * a + (1 - ratio) * b, 0, 1)``, ``1 - ratio`` taken in double
-    precision as torchvision does with a Python float."""
+    precision as torchvision does with a Python float; the same values and gradient."""
     complement = 1.0 - ratio if isinstance(ratio, (int, float)) else [1.0 - r for r in ratio]
-    return clamp01_((_factors(ratio, a) * a).add_(_factors(complement, a) * b))
+    ratio, complement = _factors(ratio, a), _factors(complement, a)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _Blend.apply(a, b, ratio, complement)
+    return (ratio * a).add_(complement * b).clamp_(0.0, 1.0)
 
 
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's weights of red, green and blue
