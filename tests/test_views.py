@@ -295,6 +295,27 @@ def test_a_step_of_views_equals_the_views_built_one_by_one_with_torchvision(fill
         assert torch.equal(built[i], expected)
 
 
+def test_a_step_of_views_passes_back_the_gradient_of_the_views_built_one_by_one_with_torchvision():
+    torch.manual_seed(6)
+    images = [torch.rand(1, 3, 60, 80, requires_grad=True) for _ in range(2)]
+    plan = views.ViewPlan(torch.Generator().manual_seed(12), 16, ViewAugment(), legacy=True)
+    ids = [plan.add(image) for image in images]
+    (group,) = plan.groups()
+    built = plan.render(group)
+    assert {p.jitter[0].index(3) for i in ids for p in plan.requests[i][2] if p.jitter} == {0, 1, 2, 3}
+    copies = [image.detach().clone().requires_grad_(True) for image in images]
+    expected = torch.cat(
+        [_torchvision_view(copy, p, plan.requests[i][1], 1.0) for i, copy in zip(ids, copies, strict=True)
+         for p in plan.requests[i][2]]
+    )  # fmt: skip
+    assert torch.equal(built, expected)
+    weights = torch.randn_like(built)
+    (built * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for image, copy in zip(images, copies, strict=True):
+        assert _relative(image.grad, copy.grad) < 1e-6
+
+
 def test_a_plan_draws_in_the_order_of_its_images_and_groups_by_shape_and_gradient():
     g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
     small, large = torch.rand(1, 3, 60, 80), torch.rand(1, 3, 90, 120).requires_grad_(True)
