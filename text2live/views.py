@@ -17,7 +17,7 @@ tensors they own where they can, because a new result costs more than overwritin
 
 from __future__ import annotations
 
-import bisect
+import functools
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -481,34 +481,15 @@ JitterDraws = tuple[list[int], float, float, float, float]
 
 def apply_jitter(views: list[torch.Tensor], rows: list[int], draws: list[JitterDraws]) -> None:
     """The colour jitter of ``views[i]`` [1, 3, H, W] for ``i`` in ``rows``, each with its draws, in place in the
-    list: at each of the four positions of the random order, one batched hue change and batched blends
-    (brightness, contrast or saturation).
-
-    The views are taken in the order of the position of their hue change, so that at every position the views
-    that change hue are one block between those that blend: a position's results are joined once, and the
-    gradient of that join is a slice of the next one's, not a copy.
-    """
-    if not rows:
-        return
-    order = sorted(range(len(rows)), key=lambda j: draws[j][0].index(3))
-    draws = [draws[j] for j in order]
-    hue_at = [d[0].index(3) for d in draws]  # non-decreasing
-    x = torch.cat([views[rows[j]] for j in order])
+    list: at each of the four positions of the random order, one batched blend (brightness, contrast or
+    saturation) and one batched hue change."""
     for position in range(4):
-        start, stop = bisect.bisect_left(hue_at, position), bisect.bisect_right(hue_at, position)
-        parts = []
-        for low, high in ((0, start), (start, stop), (stop, len(draws))):
-            if low == high:
-                continue
-            block = draws[low:high]
-            if low == start and high == stop:
-                parts.append(adjust_hue(x[low:high], [d[4] for d in block]))
-            else:
-                ops = [d[0][position] for d in block]
-                parts.append(adjust_blends(x[low:high], ops, [d[1 + op] for d, op in zip(block, ops, strict=True)]))
-        x = torch.cat(parts) if len(parts) > 1 else parts[0]
-    for j, view in zip(order, x.split(1), strict=True):
-        views[rows[j]] = view
+        ops = [order[position] for order, *_ in draws]
+        blends = [j for j, op in enumerate(ops) if op != 3]
+        kinds, factors = [ops[j] for j in blends], [draws[j][1 + ops[j]] for j in blends]
+        _apply(views, [rows[j] for j in blends], functools.partial(adjust_blends, ops=kinds, factors=factors))
+        hues = [j for j, op in enumerate(ops) if op == 3]
+        _apply(views, [rows[j] for j in hues], functools.partial(adjust_hue, factor=[draws[j][4] for j in hues]))
 
 
 def color_jitter(x: torch.Tensor, g: torch.Generator, strength: float = 0.1) -> torch.Tensor:
