@@ -113,18 +113,15 @@ def _clamp_passes_bounds() -> bool:
 _CLAMP_PASSES_BOUNDS = _clamp_passes_bounds()
 
 
-def _clamp_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The gradient autograd's ``x.clamp(0, 1)`` passes back: ``grad`` where the clamp changed nothing, else 0."""
+def _clamp_backward(grad: torch.Tensor, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """The gradient autograd's ``x.clamp(0, 1)`` passes back: ``grad`` where the clamp changed nothing, else 0
+    (written into ``grad`` with ``inplace``)."""
     if _CLAMP_PASSES_BOUNDS:  # inside [0, 1], bounds included
-        return grad * (1.0 - (x - x.clamp(0.0, 1.0)).abs_().clamp_(max=1.0).ceil_())
-    return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0)  # strictly inside (0, 1): one fused kernel
-
-
-def _clamp_backward_(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """:func:`_clamp_backward` written into ``grad``."""
-    if _CLAMP_PASSES_BOUNDS:
-        return grad.mul_(1.0 - (x - x.clamp(0.0, 1.0)).abs_().clamp_(max=1.0).ceil_())
-    return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 1.0, grad_input=grad)
+        inside = 1.0 - (x - x.clamp(0.0, 1.0)).abs_().clamp_(max=1.0).ceil_()
+        return grad.mul_(inside) if inplace else grad * inside
+    if inplace:  # strictly inside (0, 1): one fused kernel
+        return torch.ops.aten.hardtanh_backward.grad_input(grad, x, 0.0, 1.0, grad_input=grad)
+    return torch.ops.aten.hardtanh_backward(grad, x, 0.0, 1.0)
 
 
 def _mask(op, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
@@ -186,6 +183,11 @@ def blend(a: torch.Tensor, b: torch.Tensor, ratio: float | list[float]) -> torch
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's weights of red, green and blue
 
 
+@lru_cache(maxsize=8)
+def _luma_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_LUMA, dtype=dtype, device=device).view(3, 1, 1)
+
+
 class _Luma(torch.autograd.Function):
     """torchvision's luma ``0.2989 r + 0.587 g + 0.114 b`` with the gradient autograd takes of it (each channel's
     gradient is the luma's times the channel's weight, in float32) computed in one product."""
@@ -197,7 +199,7 @@ class _Luma(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad * device_tensor(_LUMA, grad.dtype, grad.device).view(3, 1, 1)
+        return grad * _luma_weights(grad.dtype, grad.device)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -321,9 +323,9 @@ class _Hue(torch.autograd.Function):
         g_v, g_q, g_p, g_t = (
             (grad_r * picks[0][k]).addcmul_(grad_g, picks[1][k]).addcmul_(grad_b, picks[2][k]) for k in range(4)
         )
-        _clamp_backward_(g_p, pre_p)
-        _clamp_backward_(g_q, pre_q)
-        _clamp_backward_(g_t, pre_t)
+        _clamp_backward(g_p, pre_p, inplace=True)
+        _clamp_backward(g_q, pre_q, inplace=True)
+        _clamp_backward(g_t, pre_t, inplace=True)
         g_v.addcmul_(g_p, a_p).addcmul_(g_q, a_q).addcmul_(g_t, a_t)
         g_s = (g_q * f).addcmul_(g_t, one_f).add_(g_p).mul_(v).neg_()
         d = g_t.sub_(g_q).mul_(v).mul_(s).div_(crd)  # the hue's gradient over crd
